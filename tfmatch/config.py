@@ -1,0 +1,119 @@
+"""gin plumbing shared by every CLI: search path, parse order, operative config.
+
+Parse order (DESIGN.md): ``configs/base/*.gin`` -> the run's saved ``operative_config.gin`` (on resume) ->
+each ``--gin_file`` -> each ``--gin_bindings``. Unknown configurables or parameters are errors that name the
+file (or the ``--gin_bindings`` entry) they came from, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import gin
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_ROOT = REPO_ROOT / "configs"
+OPERATIVE_CONFIG = "operative_config.gin"
+
+# Modules whose import registers configurables with gin. Every CLI imports all of them so that any
+# recipe (and any saved operative config) parses.
+_REGISTERING_MODULES = (
+    "tfmatch.runtime.registry",
+    "tfmatch.data",
+    "tfmatch.methods",
+)
+
+
+class ConfigError(ValueError):
+    """A gin file or binding that does not parse; the message names where it came from."""
+
+
+def register_all() -> None:
+    """Imports every module that registers gin configurables."""
+    for name in _REGISTERING_MODULES:
+        importlib.import_module(name)
+
+
+def resolve_gin_file(path: str) -> str:
+    """Finds a gin file as given, relative to the working directory, or relative to ``configs/``."""
+    candidates = [Path(path), CONFIG_ROOT / path]
+    if not path.endswith(".gin"):
+        candidates += [Path(path + ".gin"), CONFIG_ROOT / (path + ".gin")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"gin file not found: {path!r} (looked in the working directory and in {CONFIG_ROOT})")
+
+
+def _parse_one_file(path: str, skip_unknown: bool = False) -> None:
+    try:
+        gin.parse_config_file(path, skip_unknown=skip_unknown)
+    except (ValueError, KeyError, TypeError, SyntaxError, ImportError, IOError) as err:
+        raise ConfigError(f"in gin file {path}: {err}") from err
+
+
+def _parse_one_binding(binding: str) -> None:
+    try:
+        gin.parse_config(binding)
+    except (ValueError, KeyError, TypeError, SyntaxError, ImportError) as err:
+        raise ConfigError(f"in --gin_bindings {binding!r}: {err}") from err
+
+
+def parse(
+    gin_files: Sequence[str] = (),
+    gin_bindings: Sequence[str] = (),
+    model_dir: str | None = None,
+    use_saved_config: bool = True,
+    finalize: bool = True,
+) -> None:
+    """Clears gin and parses a run's configuration in the documented order.
+
+    Args:
+      gin_files: files given with ``--gin_file`` (paths, or paths relative to ``configs/``).
+      gin_bindings: bindings given with ``--gin_bindings``.
+      model_dir: the run's directory; its ``operative_config.gin`` is parsed before the files when it exists
+        and ``use_saved_config`` is true (resume, export and evaluation reuse the training config this way).
+      finalize: lock the config afterwards, so that a later accidental parse fails loudly.
+    """
+    register_all()
+    gin.clear_config(clear_constants=False)
+    gin.add_config_file_search_path(str(CONFIG_ROOT))
+    for base in sorted(glob.glob(str(CONFIG_ROOT / "base" / "*.gin"))):
+        _parse_one_file(base)
+    if model_dir and use_saved_config:
+        saved = os.path.join(model_dir, OPERATIVE_CONFIG)
+        if os.path.isfile(saved):
+            _parse_one_file(saved)
+    for path in gin_files:
+        _parse_one_file(resolve_gin_file(path))
+    for binding in gin_bindings:
+        _parse_one_binding(binding)
+    if finalize:
+        gin.finalize()
+
+
+def write_operative_config(model_dir: str) -> str:
+    """Writes ``gin.operative_config_str()`` to ``model_dir/operative_config.gin`` atomically."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, OPERATIVE_CONFIG)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(gin.operative_config_str())
+    os.replace(tmp, path)
+    return path
+
+
+def has_saved_config(model_dir: str) -> bool:
+    return os.path.isfile(os.path.join(model_dir, OPERATIVE_CONFIG))
+
+
+def add_gin_flags() -> None:
+    """Defines ``--gin_file`` and ``--gin_bindings`` (repeatable) on the absl flag set of a CLI module."""
+    from absl import flags
+
+    flags.DEFINE_multi_string("gin_file", [], "gin file (repeatable); relative paths may be relative to configs/")
+    flags.DEFINE_multi_string("gin_bindings", [], "gin binding such as 'train.max_steps = 10' (repeatable)")

@@ -1,0 +1,1 @@
+"""aslfeat (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""contextdesc (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""geodesc (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""superpoint (filled in by its issue)."""
