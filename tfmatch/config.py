@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import inspect
 import os
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ OPERATIVE_CONFIG = "operative_config.gin"
 # recipe (and any saved operative config) parses.
 _REGISTERING_MODULES = (
     "tfmatch.runtime.registry",
+    "tfmatch.runtime.trainer",
     "tfmatch.data",
     "tfmatch.methods",
 )
@@ -49,18 +51,59 @@ def resolve_gin_file(path: str) -> str:
     raise ConfigError(f"gin file not found: {path!r} (looked in the working directory and in {CONFIG_ROOT})")
 
 
-def _parse_one_file(path: str, skip_unknown: bool = False) -> None:
+def _bound_parameters() -> set:
+    # gin 0.5 keeps bindings in a private dict {(scope, selector): {parameter: value}}; pinned <0.6 in setup.py.
+    return {(scope, selector, name) for (scope, selector), params in gin.config._CONFIG.items() for name in params}
+
+
+# Keras layers and models take these through **kwargs.
+_KERAS_KWARGS = {"name", "dtype", "trainable", "autocast", "input_dim", "input_shape"}
+
+
+def _check_parameters(new: set, source: str) -> None:
+    """Rejects bindings to parameters a configurable does not have.
+
+    gin checks names itself only for functions without ``**kwargs``; Keras classes all take ``**kwargs``, so a
+    misspelled ``ASLFeat.max_keypoint`` would otherwise pass parsing and fail (or be ignored) much later.
+    """
+    for scope, selector, name in sorted(new):
+        configurable = gin.config._REGISTRY.get_match(selector)
+        if configurable is None:
+            continue
+        target = configurable.wrapped
+        is_class = inspect.isclass(target)
+        try:
+            signature = inspect.signature(target.__init__ if is_class else target)
+        except (TypeError, ValueError):
+            continue
+        params = signature.parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        explicit = {n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_KEYWORD,
+                                                                     inspect.Parameter.VAR_POSITIONAL)}
+        if not takes_kwargs or name in explicit or (is_class and name in _KERAS_KWARGS):
+            continue
+        known = sorted(explicit - {"self"})
+        where = f"{scope}/" if scope else ""
+        raise ConfigError(f"{source}: {where}{selector}.{name}: {configurable.name} has no parameter {name!r} "
+                          f"(its parameters: {', '.join(known)})")
+
+
+def _parse_one_file(path: str) -> None:
+    before = _bound_parameters()
     try:
-        gin.parse_config_file(path, skip_unknown=skip_unknown)
+        gin.parse_config_file(path)
     except (ValueError, KeyError, TypeError, SyntaxError, ImportError, IOError) as err:
         raise ConfigError(f"in gin file {path}: {err}") from err
+    _check_parameters(_bound_parameters() - before, f"in gin file {path}")
 
 
 def _parse_one_binding(binding: str) -> None:
+    before = _bound_parameters()
     try:
         gin.parse_config(binding)
     except (ValueError, KeyError, TypeError, SyntaxError, ImportError) as err:
         raise ConfigError(f"in --gin_bindings {binding!r}: {err}") from err
+    _check_parameters(_bound_parameters() - before, f"in --gin_bindings {binding!r}")
 
 
 def parse(

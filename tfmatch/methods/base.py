@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+# Under tf.distribute every replica's loss is scaled by 1/replicas before gradients are summed; Keras' own
+# compute_loss does this, so an override must too. (A no-op on JAX and PyTorch; imports TF only on that backend.)
+from keras.src.losses.loss import scale_loss_for_distribution
 
 import tfmatch
 
@@ -49,7 +52,7 @@ class Method(keras.Model):
             total = total + value
         if self.losses:  # weight decay from kernel regularisers
             total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses]))
-        return total
+        return scale_loss_for_distribution(total)
 
     # ----------------------------------------------------------------------------------------------------------
     # Inference
@@ -71,6 +74,7 @@ class Method(keras.Model):
             self.describe(images, keypoints)
         else:
             self.extract(images)
+        self.built = True  # only __call__ marks a model built; export needs the flag
 
     def export_metadata(self) -> dict:
         """What an evaluator needs to know besides the SavedModel signature (extended by subclasses)."""

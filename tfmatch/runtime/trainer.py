@@ -1,0 +1,210 @@
+"""The trainer: one gin-configured ``train()`` for every method and backend.
+
+Keras ``fit`` does the stepping (on TensorFlow, JAX and PyTorch) with the method's ``compute_loss``; the
+multi-worker strategy runs an equivalent loop of its own because Keras 3 ``fit`` fails under
+``MultiWorkerMirroredStrategy`` (keras-team/keras#20585). Rerunning the same command resumes from the last
+checkpoint at the same step with the optimizer state; ``init_checkpoint`` starts from another run's weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import gin
+import keras
+import numpy as np
+from absl import logging
+
+from tfmatch import config
+from tfmatch.methods.base import Method
+from tfmatch.runtime import callbacks as cb
+from tfmatch.runtime import checkpoints
+from tfmatch.runtime.strategy import make_distribution, resolve_jit_compile
+
+
+def _call_reference(value):
+    """Calls what a gin parameter holds: ``@Configurable`` (not yet called) or a plain callable."""
+    if hasattr(value, "scoped_configurable_fn"):
+        return value.scoped_configurable_fn()
+    if callable(value):
+        return value()
+    raise TypeError(f"train.model_fn must name a configurable (train.model_fn = @ASLFeat), got {value!r}")
+
+
+def build_model():
+    """Builds the model named by ``train.model_fn`` in the current gin config (export and tools use this)."""
+    try:
+        reference = gin.query_parameter("train.model_fn")
+    except ValueError as err:
+        raise ValueError("the gin config does not bind train.model_fn (e.g. train.model_fn = @ASLFeat)") from err
+    return _call_reference(reference)
+
+
+def _to_numpy(batch):
+    return keras.tree.map_structure(lambda t: np.asarray(t), batch)
+
+
+def _first_batch(dataset):
+    try:
+        return next(iter(dataset))
+    except StopIteration:
+        raise ValueError("the training dataset is empty: check the data root and split") from None
+
+
+@gin.configurable(denylist=["model_dir"])
+def train(
+    model_dir: str,
+    model_fn=gin.REQUIRED,  # the method class or factory, e.g. @ASLFeat; called inside the strategy scope
+    dataset_fn=gin.REQUIRED,  # (split, global_batch_size, input_context=None) -> tf.data.Dataset of dicts
+    optimizer_fn=gin.REQUIRED,  # e.g. @keras.optimizers.SGD
+    batch_size: int = 2,  # global batch size (all replicas together)
+    max_steps: int = 1000,
+    steps_per_epoch: int = 500,  # checkpoint interval; Keras' progress bar covers one such epoch
+    log_every: int = 20,  # steps between log lines and TensorBoard scalars
+    keep_checkpoints: int = 5,
+    init_checkpoint: str | None = None,  # a model_dir or checkpoint file to start from (partial restore)
+    init_exclude: tuple = (),  # glob patterns of variable paths not taken from init_checkpoint
+    strategy: str = "auto",  # auto | mirrored | multi_worker | one_device (see runtime/strategy.py)
+    jit_compile="auto",  # auto | True | False
+    seed: int = 0,
+    match_images: bool = True,  # draw the method's visualization() into TensorBoard every epoch
+    verbose="auto",  # auto: progress bar on a terminal, plain log lines otherwise
+):
+    """Trains ``model_fn()`` on ``dataset_fn('train', batch_size)`` and writes everything to ``model_dir``.
+
+    Returns:
+      The trained model (its weights also in ``model_dir/checkpoints``).
+    """
+    if max_steps <= 0 or steps_per_epoch <= 0 or batch_size <= 0:
+        raise ValueError(f"max_steps, steps_per_epoch and batch_size must be > 0, got "
+                         f"{max_steps}, {steps_per_epoch}, {batch_size}")
+    steps_per_epoch = min(steps_per_epoch, max_steps)
+    if max_steps % steps_per_epoch:
+        raise ValueError(f"max_steps ({max_steps}) must be a multiple of steps_per_epoch ({steps_per_epoch}): "
+                         "checkpoints are written at epoch ends")
+    distribution = make_distribution(strategy)  # first: multi-worker collectives must be set up before any TF op
+    keras.utils.set_random_seed(seed)
+    jit = resolve_jit_compile(jit_compile, distribution)
+    os.makedirs(model_dir, exist_ok=True)
+    logging.info("strategy %s with %d replica(s), jit_compile=%s", distribution.name, distribution.num_replicas, jit)
+    if distribution.custom_loop:
+        return _train_custom_loop(distribution, model_dir, model_fn, dataset_fn, optimizer_fn, batch_size,
+                                  max_steps, steps_per_epoch, log_every, keep_checkpoints, init_checkpoint,
+                                  init_exclude)
+
+    dataset = dataset_fn("train", batch_size)
+    sample = _to_numpy(_first_batch(dataset))
+    with distribution.scope:
+        model = model_fn()
+        optimizer = optimizer_fn()
+        model(sample, training=False)  # creates every variable before a restore
+        optimizer.build(model.trainable_variables)
+        model.compile(optimizer=optimizer, jit_compile=jit)
+    initial_step = _restore_or_initialise(model, optimizer, model_dir, init_checkpoint, init_exclude)
+    if initial_step >= max_steps:
+        print(f"[tfmatch] {model_dir} is already trained to step {initial_step} (max_steps {max_steps})", flush=True)
+        return model
+
+    writer = _summary_writer(model_dir)
+    counter = cb.StepCounter(initial_step)
+    callbacks = [
+        counter,
+        cb.NonFiniteGuard(counter),
+        cb.OperativeConfigWriter(model_dir, writer),
+        cb.TrainingLog(counter, max_steps, log_every, writer),
+        cb.PeriodicCheckpoint(model_dir, counter, keep_checkpoints),
+    ]
+    if match_images and type(model).visualization is not Method.visualization:
+        callbacks.append(cb.MatchImages(sample, counter, writer))
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 0
+    print(f"[tfmatch] training {type(model).__name__} in {model_dir} from step {initial_step} to {max_steps} "
+          f"({distribution.name}, {distribution.num_replicas} replica(s), {keras.backend.backend()} backend)",
+          flush=True)
+    model.fit(dataset, epochs=max_steps // steps_per_epoch, steps_per_epoch=steps_per_epoch,
+              initial_epoch=initial_step // steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    print(f"[tfmatch] done at step {counter.step}; checkpoint {checkpoints.latest_checkpoint(model_dir)}", flush=True)
+    return model
+
+
+def _restore_or_initialise(model, optimizer, model_dir, init_checkpoint, init_exclude) -> int:
+    """Resumes from model_dir's last checkpoint, else starts from init_checkpoint, else from scratch."""
+    if checkpoints.latest_checkpoint(model_dir):
+        report = checkpoints.restore(model_dir, model, optimizer, strict=True)
+        print(f"[tfmatch] resumed {report.source} at step {report.step}", flush=True)
+        return report.step
+    if init_checkpoint:
+        report = checkpoints.restore(init_checkpoint, model, exclude=tuple(init_exclude), strict=False)
+        print(f"[tfmatch] initialised from {init_checkpoint}:\n{report.summary()}", flush=True)
+    return 0
+
+
+def _summary_writer(model_dir: str):
+    import tensorflow as tf
+
+    return tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Multi-worker: an own loop over tf.distribute (TensorFlow backend only).
+def _train_custom_loop(distribution, model_dir, model_fn, dataset_fn, optimizer_fn, batch_size, max_steps,
+                       steps_per_epoch, log_every, keep_checkpoints, init_checkpoint, init_exclude):
+    import tensorflow as tf
+
+    strategy = distribution.tf_strategy
+    # Only the chief writes the run's directory; the other workers keep their checkpoints apart (tests compare them).
+    own_dir = model_dir if distribution.is_chief else os.path.join(
+        model_dir, "workers", f"worker-{distribution.worker_index}")
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: dataset_fn("train", batch_size, input_context=context))
+    iterator = iter(dataset)
+    first = next(iterator)
+    with strategy.scope():
+        model = model_fn()
+        optimizer = optimizer_fn()
+        model(strategy.experimental_local_results(first)[0], training=False)
+        optimizer.build(model.trainable_variables)
+    initial_step = _restore_or_initialise(model, optimizer, own_dir, init_checkpoint, init_exclude)
+
+    def step_fn(batch):
+        with tf.GradientTape() as tape:
+            predictions = model(batch, training=True)
+            loss = model.compute_loss(x=batch, y_pred=predictions, training=True)  # already 1/replicas
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(batch):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step_fn, args=(batch,)), axis=None)
+
+    if distribution.is_chief:
+        config.write_operative_config(model_dir)
+    writer = _summary_writer(model_dir) if distribution.is_chief else None
+    step, batch, t0 = initial_step, first, time.perf_counter()
+    print(f"[tfmatch] worker {distribution.worker_index}: training from step {step} to {max_steps} "
+          f"({distribution.num_replicas} replicas)", flush=True)
+    while step < max_steps:
+        loss = float(train_step(batch))
+        step += 1
+        if not math.isfinite(loss):
+            raise cb.NonFiniteLossError(f"loss is {loss} at step {step}; training stopped, last good checkpoint kept")
+        if step % log_every == 0 or step == max_steps:
+            rate = log_every / max(time.perf_counter() - t0, 1e-9)
+            t0 = time.perf_counter()
+            lr = cb.current_learning_rate(optimizer)
+            print(f"step {step}/{max_steps}  loss {loss:.4g}  learning_rate {lr:.4g}  steps_per_second {rate:.3g}",
+                  flush=True)
+            if writer is not None:
+                with writer.as_default(step=step):
+                    tf.summary.scalar("loss", loss)
+                    tf.summary.scalar("learning_rate", lr)
+                    tf.summary.scalar("steps_per_second", rate)
+        if step % steps_per_epoch == 0:
+            checkpoints.save(own_dir, model, optimizer, step, keep=keep_checkpoints)
+        if step < max_steps:
+            batch = next(iterator)
+    return model
