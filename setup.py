@@ -20,6 +20,7 @@ setup(
         "tensorboard>=2.21,<2.22",  # TF 2.21 no longer pulls it in; Keras' TensorBoard callback needs it
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "scipy>=1.11",  # KD-trees in the synthetic GL3D generator
     ],
     extras_require={
         "jax": ["jax>=0.4.35"],

@@ -1,0 +1,3 @@
+"""tf.data pipelines and readers. Importing this package registers every dataset function with gin."""
+
+from tfmatch.data import gl3d, gl3d_io  # noqa: F401  GL3D match sets: gl3d_dense_dataset
