@@ -147,7 +147,8 @@ def benchmark_train(batch, steps, warmup, synthetic_data):
         dataset = dataset.take(1).cache().repeat()
     with distribution.scope:
         model = build_model()
-        model.compile(optimizer=optimizer_fn(), jit_compile=resolve_jit_compile("auto", distribution))
+        model.compile(optimizer=optimizer_fn(),
+                      jit_compile=resolve_jit_compile(gin.query_parameter("train.jit_compile"), distribution))
 
     class Timer(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

@@ -1,0 +1,128 @@
+#!/bin/sh
+# GeoDesc and ContextDesc on one GPU with the JAX backend (issue 7, item 6), under 8 minutes in all:
+#   1. a synthetic GL3D set (6 scenes x 8 images), its match sets and regional features;
+#   2. trains GeoDesc and ContextDesc for TRAIN_SECONDS each (default 150) with the recipe's optimiser, and
+#      measures training patch pairs per second (after the first, compiling, steps);
+#   3. evaluates both next to SIFT on ../shared/data/hpatches-format: the SAME OpenCV SIFT keypoints
+#      (4000 strongest) for all three, mutual nearest neighbours, share of matches within 1/3/5 px (MMA).
+# Results: $OUT/patch_desc_gpu.json and $OUT/patch_desc_gpu.md (paste into docs/benchmarks.md).
+#   OUT=/tmp/out HPATCHES=../shared/data/hpatches-format sh scripts/gpu/patch_desc_gpu.sh
+set -eu
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/patch_desc_gpu}
+HPATCHES=${HPATCHES:-../shared/data/hpatches-format}
+TRAIN_SECONDS=${TRAIN_SECONDS:-150}
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+export KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_PREALLOCATE=false
+mkdir -p "$OUT"
+GL3D=${GL3D_ROOT:-$OUT/synthetic_gl3d}
+if [ ! -f "$GL3D/.synthetic_gl3d.complete" ] && [ -z "${GL3D_ROOT:-}" ]; then
+    "$PY" -m data_tools.make_synthetic_gl3d --out "$GL3D" --scenes 6 --images_per_scene 8 --workers 8
+fi
+"$PY" -m data_tools.gl3d_match_sets --gl3d "$GL3D" --split gl3d --workers 8 --noprogress
+"$PY" -m data_tools.extract_regional_features --gl3d "$GL3D" --split gl3d --batch_size 16
+exec "$PY" - "$GL3D" "$HPATCHES" "$OUT" "$TRAIN_SECONDS" <<'EOF'
+import json, os, platform, sys, time
+
+import tensorflow as tf
+tf.config.set_visible_devices([], "GPU")  # tf.data on the CPU; the model on the GPU through JAX
+import cv2
+import jax
+import keras
+import numpy as np
+
+from tfmatch.data.gl3d_patches import gl3d_patch_dataset
+from tfmatch.eval.extractors import opencv_keypoints
+from tfmatch.methods.contextdesc import ContextDesc
+from tfmatch.methods.geodesc import GeoDesc
+
+gl3d, hpatches, out, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+ROWS, BATCH = 1024, 2
+
+
+class TimeLimit(keras.callbacks.Callback):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds, self.steps, self.t_warm, self.steps_warm = seconds, 0, None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == 20:  # compile and warm-up done
+            self.t_warm, self.steps_warm = time.time(), self.steps
+        if self.t_warm and time.time() - self.t_warm > self.seconds:
+            self.model.stop_training = True
+
+
+def train(model, regional):
+    ds = gl3d_patch_dataset("train", BATCH, gl3d_root=gl3d, data_split="gl3d", num_pairs=ROWS, regional=regional,
+                            workers=12)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 200000, 0.1)
+    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9))
+    limit = TimeLimit(seconds)
+    t0 = time.time()
+    hist = model.fit(ds, steps_per_epoch=100000, epochs=1, verbose=0, callbacks=[limit])
+    t1 = time.time()
+    steps = limit.steps - limit.steps_warm
+    return {"steps": limit.steps, "seconds": round(t1 - t0, 1),
+            "pairs_per_s": round(steps * BATCH * ROWS / max(t1 - limit.t_warm, 1e-6), 1) if limit.t_warm else None,
+            "final": {k: round(float(v[-1]), 4) for k, v in hist.history.items()}}
+
+
+def mma(k0, d0, k1, d1, H, thresholds=(1, 3, 5)):
+    if len(k0) == 0 or len(k1) == 0:
+        return [0.0] * len(thresholds), 0
+    sim = d0 @ d1.T
+    nn01, nn10 = sim.argmax(1), sim.argmax(0)
+    ids = np.where(nn10[nn01] == np.arange(len(k0)))[0]
+    p = np.concatenate([k0[ids, :2], np.ones((len(ids), 1))], 1) @ H.T
+    err = np.linalg.norm(p[:, :2] / p[:, 2:] - k1[nn01[ids], :2], axis=1)
+    return [float(np.mean(err <= t)) if len(ids) else 0.0 for t in thresholds], int(len(ids))
+
+
+def evaluate(models):
+    results = {}
+    for seq in sorted(os.listdir(hpatches)):
+        folder = os.path.join(hpatches, seq)
+        if not os.path.isdir(folder):
+            continue
+        feats = []
+        for i in range(1, 7):
+            gray = cv2.imread(os.path.join(folder, f"{i}.png"), cv2.IMREAD_GRAYSCALE)
+            kp, _, sift = opencv_keypoints("sift", gray, 4000)
+            f = {"kp": kp, "SIFT": sift}
+            for name, model in models.items():
+                d = model.describe(gray[None, :, :, None].astype(np.float32), kp[None])["descriptors"]
+                f[name] = np.asarray(d)[0]
+            feats.append(f)
+        for j in range(2, 7):
+            H = np.loadtxt(os.path.join(folder, f"H_1_{j}"))
+            for name in ["SIFT", *models]:
+                scores, n = mma(feats[0]["kp"], feats[0][name], feats[j - 1]["kp"], feats[j - 1][name], H)
+                results.setdefault(name, {}).setdefault(seq, []).append({"pair": f"1-{j}", "mma@1/3/5": scores,
+                                                                        "matches": n})
+    return results
+
+
+report = {"machine": f"{jax.devices()[0].device_kind}, {platform.node()}", "backend": keras.backend.backend(),
+          "date": time.strftime("%Y-%m-%d"), "train_seconds_each": seconds, "gl3d": gl3d}
+geodesc = GeoDesc()
+report["geodesc_train"] = train(geodesc, regional=False)
+contextdesc = ContextDesc()  # random ResNet-50 trunk unless weights are given: visual context is noise here
+report["contextdesc_train"] = train(contextdesc, regional=True)
+report["hpatches"] = evaluate({"GeoDesc": geodesc, "ContextDesc": contextdesc})
+with open(os.path.join(out, "patch_desc_gpu.json"), "w") as f:
+    json.dump(report, f, indent=1)
+lines = [f"machine: {report['machine']}; backend {report['backend']}; {report['date']}", "",
+         "| method | train steps | patch pairs/s | " + " | ".join(
+             f"{s} MMA@3 1-2..1-6" for s in sorted(report["hpatches"]["SIFT"])) + " |",
+         "|---" * (3 + len(report["hpatches"]["SIFT"])) + "|"]
+for name in ("SIFT", "GeoDesc", "ContextDesc"):
+    tr = report.get(name.lower() + "_train", {})
+    cells = [" ".join(f"{p['mma@1/3/5'][1]:.2f}" for p in report["hpatches"][name][s])
+             for s in sorted(report["hpatches"][name])]
+    lines.append(f"| {name} | {tr.get('steps', '-')} | {tr.get('pairs_per_s', '-')} | " + " | ".join(cells) + " |")
+with open(os.path.join(out, "patch_desc_gpu.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF

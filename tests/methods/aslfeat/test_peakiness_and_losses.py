@@ -1,0 +1,136 @@
+"""Known answers: peakiness score, hardest-contrastive and circle losses, legacy resize, edge mask."""
+
+import math
+
+import numpy as np
+import pytest
+from tfmatch.layers.peakiness import Peakiness, dilated_average_pool
+from tfmatch.losses.contrastive import circle_loss, hardest_contrastive_loss
+from tfmatch.methods.aslfeat.network import edge_mask, resize_bilinear_legacy, subpixel_offsets
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def _peak_tensor():
+    # [1, 3, 3, 2]: channel 0 has a single 3 in the centre, channel 1 is zero.
+    y = np.zeros((1, 3, 3, 2), np.float32)
+    y[0, 1, 1, 0] = 3.0
+    return y
+
+
+def test_peakiness_by_hand():
+    layer = Peakiness(dilation=1, name="conv6_peakiness")
+    score = np.asarray(layer(_peak_tensor(), training=False))[0]
+    # Centre: 3x3 mean of channel 0 = 3/9; channel mean = 1.5. Channel 1: y = 0, mean 0, channel term 0 - 1.5.
+    centre = max(softplus(3 - 1 / 3) * softplus(3 - 1.5), softplus(0.0) * softplus(-1.5))
+    # Corner (0, 0): the reflected window reads rows (1, 0, 1) x cols (1, 0, 1): the centre 4 times -> 12/9.
+    corner = max(softplus(0 - 12 / 9) * softplus(0.0), softplus(0.0) * softplus(0.0))
+    # Edge (0, 1): rows (1, 0, 1) x cols (0, 1, 2): the centre twice -> 6/9.
+    edge = max(softplus(0 - 6 / 9) * softplus(0.0), softplus(0.0) * softplus(0.0))
+    np.testing.assert_allclose(score[1, 1], centre, rtol=1e-5)
+    np.testing.assert_allclose(score[0, 0], corner, rtol=1e-5)
+    np.testing.assert_allclose(score[0, 1], edge, rtol=1e-5)
+    assert score.shape == (3, 3)
+
+
+def test_peakiness_instance_max_ema_and_dilation():
+    layer = Peakiness(dilation=1, name="conv6_peakiness")
+    y = _peak_tensor()
+    layer(y, training=True)  # m <- 1 - 0.01 (1 - 3) = 1.02, then y / 1.02
+    np.testing.assert_allclose(float(layer.instance_max), 1.02, rtol=1e-6)
+    score = np.asarray(layer(y, training=False))[0]
+    v = 3 / 1.02
+    np.testing.assert_allclose(score[1, 1], softplus(v - v / 9) * softplus(v / 2), rtol=1e-5)
+    assert not layer.trainable_weights
+    # Dilation 2 on a 5x5 map: the centre's window reads rows/cols (0, 2, 4).
+    x = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
+    avg = np.asarray(dilated_average_pool(x, 2))[0, :, :, 0]
+    np.testing.assert_allclose(avg[2, 2], np.mean(x[0, 0:5:2, 0:5:2, 0]), rtol=1e-6)
+    # Corner (0, 0) with reflect pad 2: rows (2, 0, 2), cols (2, 0, 2).
+    expected = np.mean([x[0, r, c, 0] for r in (2, 0, 2) for c in (2, 0, 2)])
+    np.testing.assert_allclose(avg[0, 0], expected, rtol=1e-6)
+
+
+def _two_correspondences(far=True, padded=False):
+    a = math.pi / 3
+    d0 = [[1.0, 0.0], [0.0, 1.0]]
+    d1 = [[math.cos(a), math.sin(a)], [0.0, 1.0]]
+    p0 = [[0.0, 0.0], [30.0, 0.0]] if far else [[0.0, 0.0], [3.0, 0.0]]
+    p1 = [[0.0, 0.0], [30.0, 0.0]] if far else [[0.0, 0.0], [3.0, 0.0]]
+    valid = [True, True]
+    if padded:  # a third, invalid row that must change nothing
+        d0.append([0.6, 0.8])
+        d1.append([0.8, 0.6])
+        p0.append([60.0, 0.0])
+        p1.append([60.0, 0.0])
+        valid.append(False)
+    as_batch = lambda v, dt="float32": np.asarray([v], dtype=dt)  # noqa: E731
+    return as_batch(d0), as_batch(d1), as_batch(p0), as_batch(p1), as_batch(valid, "bool")
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_hardest_contrastive_by_hand(padded):
+    d0, d1, p0, p1, valid = _two_correspondences(padded=padded)
+    # Distances sqrt(2 - 2 cos): D00 = 1, D01 = sqrt(2), D10 = sqrt(2 - sqrt(3)), D11 = sqrt(1e-6).
+    d10 = math.sqrt(2 - 2 * math.sin(math.pi / 3))
+    m0 = (1.0 - 0.2) + 0.5 * (max(0.0, 1 - math.sqrt(2)) + max(0.0, 1 - d10))  # row: D01; column: D10
+    m1 = max(0.0, 1e-3 - 0.2) + 0.5 * (max(0.0, 1 - d10) + max(0.0, 1 - math.sqrt(2)))
+    loss = hardest_contrastive_loss(d0, d1, p0, p1, valid, safe_radius=12.0, min_valid=1)
+    np.testing.assert_allclose(np.asarray(loss), [(m0 + m1) / 2], rtol=1e-5)
+    weights = np.asarray([[1.0, 3.0, 7.0][: d0.shape[1]]], np.float32)
+    loss = hardest_contrastive_loss(d0, d1, p0, p1, valid, weights, safe_radius=12.0, min_valid=1)
+    np.testing.assert_allclose(np.asarray(loss), [(m0 + 3 * m1) / (4 + 1e-6)], rtol=1e-5)
+
+
+def test_hardest_contrastive_safe_radius_and_min_valid():
+    d0, d1, p0, p1, valid = _two_correspondences(far=False)
+    # Both points lie within the safe radius of each other: no negatives, only the positive term remains.
+    loss = hardest_contrastive_loss(d0, d1, p0, p1, valid, safe_radius=12.0, min_valid=1)
+    np.testing.assert_allclose(np.asarray(loss), [(0.8 + 0.0) / 2], rtol=1e-5)
+    loss = hardest_contrastive_loss(d0, d1, p0, p1, valid, safe_radius=12.0, min_valid=3)
+    np.testing.assert_allclose(np.asarray(loss), [0.0])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_circle_loss_by_hand(padded):
+    d0, d1, p0, p1, valid = _two_correspondences(padded=padded)
+    gamma, m = 4.0, 0.1
+    s = [[0.5, 0.0], [math.sin(math.pi / 3), 1.0]]  # cosine similarities d0 . d1
+
+    def term(pos, negatives):
+        logit_pos = -gamma * (pos - (1 - m)) * max(1 + m - pos, 0.0)
+        logits = [0.0]  # the masked diagonal contributes exp(0) (TFMatch's -128 shift)
+        logits += [gamma * (n - m) * max(n + m, 0.0) for n in negatives]
+        return softplus(logit_pos + math.log(sum(math.exp(v) for v in logits))) / gamma
+
+    m0 = 0.5 * (term(s[0][0], [s[0][1]]) + term(s[0][0], [s[1][0]]))
+    m1 = 0.5 * (term(s[1][1], [s[1][0]]) + term(s[1][1], [s[0][1]]))
+    loss = circle_loss(d0, d1, p0, p1, valid, scale=gamma, margin=m, safe_radius=12.0, min_valid=1)
+    np.testing.assert_allclose(np.asarray(loss), [(m0 + m1) / 2], rtol=1e-5)
+
+
+def test_loss_shape_errors():
+    d0, d1, p0, p1, valid = _two_correspondences()
+    with pytest.raises(ValueError, match="points1"):
+        hardest_contrastive_loss(d0, d1, p0, p1[:, :, :1], valid)
+
+
+def test_resize_bilinear_legacy_known_values():
+    x = np.asarray([[[0.0, 2.0], [4.0, 6.0]]], np.float32)  # [1, 2, 2]
+    out = np.asarray(resize_bilinear_legacy(x, 4, 4))[0]
+    # TF1 (no half-pixel centres): output i reads input i * 2 / 4 = i / 2; the far neighbour is clamped.
+    np.testing.assert_allclose(out[0], [0.0, 1.0, 2.0, 2.0])
+    np.testing.assert_allclose(out[:, 0], [0.0, 2.0, 4.0, 4.0])
+    np.testing.assert_allclose(out[1, 1], 3.0)
+
+
+def test_edge_mask_and_subpixel_on_a_blob():
+    ys, xs = np.mgrid[0:15, 0:15].astype(np.float32)
+    blob = np.exp(-((xs - 7.3) ** 2 + (ys - 6.8) ** 2) / 8.0)[None]
+    ridge = np.exp(-((xs - 7.0) ** 2) / 8.0)[None] * np.ones_like(blob)
+    assert bool(np.asarray(edge_mask(blob, 10.0, dilation=3))[0, 7, 7])
+    assert not bool(np.asarray(edge_mask(ridge, 10.0, dilation=3))[0, 7, 7])
+    offset = np.asarray(subpixel_offsets(blob))[0, 7, 7]  # (dx, dy) towards the true peak (7.3, 6.8)
+    assert 0.1 < offset[0] < 0.5 and -0.5 < offset[1] < -0.05

@@ -1,0 +1,302 @@
+"""The ASLFeat network, top to bottom: blocks, the backbone + multi-level peakiness detector, detection helpers.
+
+Spec: ``specs/tfmatch-family.md`` section 4 (TFMatch ``cnn_wrapper/aslfeat.py``, ASLFeat ``models/cnn_wrapper``).
+
+    image [B,H,W,1] (standardised per image)
+      conv0  3x3/1  32  conv-BN-ReLU
+      conv1  3x3/1  32  conv -> tap (pre-BN) -> BN-ReLU          detector level 1 (H x W, dilation 3, weight 1/6)
+      conv2  3x3/2  64  conv-BN-ReLU
+      conv3  3x3/1  64  conv -> tap (pre-BN) -> BN-ReLU          detector level 2 (H/2, dilation 2, weight 2/6)
+      conv4  3x3/2 128  conv-BN-ReLU
+      conv5  3x3/1 128  conv-BN-ReLU
+      conv6_0 3x3/1 128 (deformable) conv-BN-ReLU
+      conv6_1 3x3/1 128 (deformable) conv-BN-ReLU
+      conv6  3x3/1 128  (deformable) conv                         dense descriptors F (H/4), detector level 3
+                                                                    (dilation 1, weight 3/6)
+    score map S [B,H,W] = sum of the levels' peakiness, each upsampled with TF1 legacy bilinear resize.
+
+Variable paths (checkpoints match them without the model name): ``net/conv0/conv/kernel``,
+``net/conv0/bn/moving_mean``, ``net/conv1_peakiness/instance_max``, and with DCN ``net/conv6/conv/offset/kernel``;
+the main kernel of a deformable layer keeps the plain layer's path ``net/conv6/conv/kernel``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tfmatch.layers.deform_conv import DEFORM_TYPES, DeformConv2D
+from tfmatch.layers.peakiness import Peakiness
+
+__all__ = ["ASLFeatNet", "BatchNorm", "ConvBlock", "standardize", "resize_bilinear_legacy", "edge_mask",
+           "subpixel_offsets", "LEVELS"]
+
+# (tap name, neighbourhood dilation, weight before normalisation to sum 1) of the multi-level detector.
+LEVELS = (("conv1", 3, 1.0), ("conv3", 2, 2.0), ("conv6", 1, 3.0))
+
+
+def standardize(images, epsilon=1e-5):
+    """Per-image standardisation over H, W (and C): ``(x - mean) / sqrt(var + eps)``.
+
+    Shape:
+        images: [B, H, W, C] float -> [B, H, W, C] float32
+    """
+    images = ops.cast(images, "float32")
+    mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
+    var = ops.var(images, axis=(1, 2, 3), keepdims=True)
+    return (images - mean) / ops.sqrt(var + epsilon)
+
+
+class BatchNorm(keras.layers.Layer):
+    """Batch normalisation without affine parameters (TFMatch: center=False, scale=False, eps 1e-5, momentum 0.99).
+
+    Unlike ``keras.layers.BatchNormalization``, the statistics mode depends only on ``training`` (batch statistics
+    when training, moving statistics otherwise), never on ``trainable``; ``update_moving_stats=False`` keeps batch
+    statistics in training but leaves the moving averages untouched (ASLFeat stage 2, spec 1.6 / 4.6).
+    The moving variance is updated with the unbiased batch variance, as TF1's fused batch norm.
+
+    Shape:
+      inputs: [B, H, W, C] -> [B, H, W, C]
+    """
+
+    def __init__(self, momentum=0.99, epsilon=1e-5, update_moving_stats=True, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.update_moving_stats = bool(update_moving_stats)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.moving_mean = self.add_weight(name="moving_mean", shape=(channels,), initializer="zeros",
+                                           trainable=False)
+        self.moving_variance = self.add_weight(name="moving_variance", shape=(channels,), initializer="ones",
+                                               trainable=False)
+
+    def call(self, inputs, training=False):
+        if training:
+            mean, variance = ops.moments(inputs, axes=[0, 1, 2])
+            if self.update_moving_stats:
+                shape = ops.shape(inputs)
+                count = ops.cast(shape[0] * shape[1] * shape[2], variance.dtype)
+                unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+                m = self.momentum
+                self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * ops.cast(mean, self.moving_mean.dtype))
+                self.moving_variance.assign(
+                    m * self.moving_variance + (1.0 - m) * ops.cast(unbiased, self.moving_variance.dtype))
+        else:
+            mean = ops.cast(self.moving_mean, inputs.dtype)
+            variance = ops.cast(self.moving_variance, inputs.dtype)
+        return (inputs - mean) / ops.sqrt(variance + self.epsilon)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"momentum": self.momentum, "epsilon": self.epsilon,
+                       "update_moving_stats": self.update_moving_stats})
+        return config
+
+
+class ConvBlock(keras.layers.Layer):
+    """3x3 'SAME' convolution without bias (plain, or deformable), optionally followed by BN and ReLU.
+
+    Args:
+      filters, strides: of the convolution.
+      batch_norm: conv -> BN -> ReLU; otherwise the raw convolution output (conv6).
+      deform_type: None for a plain ``Conv2D``, or 'u' / 'a' / 'h' for ``DeformConv2D`` (stride 1 only).
+      weight_decay: L2 factor on the conv kernel (TFMatch 1e-4 * 1/2 sum w^2 = L2(5e-5)); a deformable layer's
+        main kernel gets none (TFMatch), its offset/amplitude convs get it.
+
+    Shape:
+      inputs: [B, H, W, C] -> (outputs [B, H/s, W/s, filters], pre_bn [B, H/s, W/s, filters])
+    """
+
+    def __init__(self, filters, strides=1, batch_norm=True, deform_type=None, weight_decay=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.strides = strides
+        self.batch_norm = batch_norm
+        self.deform_type = deform_type
+        self.weight_decay = float(weight_decay)
+        reg = keras.regularizers.L2(self.weight_decay) if self.weight_decay > 0 else None
+        if deform_type is None:
+            self.conv = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                                            kernel_regularizer=reg, name="conv")
+        else:
+            if strides != 1:
+                raise ValueError(f"tfmatch/methods/aslfeat/network.py: deformable {self.name} needs stride 1, "
+                                 f"got {strides}")
+            self.conv = DeformConv2D(filters, 3, deform_type=deform_type, kernel_regularizer=None,
+                                     offset_regularizer=reg, name="conv")
+        if batch_norm:
+            self.bn = BatchNorm(name="bn")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        if self.batch_norm:
+            self.bn.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, inputs, training=False):
+        pre_bn = self.conv(inputs)
+        if not self.batch_norm:
+            return pre_bn, pre_bn
+        return ops.relu(self.bn(pre_bn, training=training)), pre_bn
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": self.filters, "strides": self.strides, "batch_norm": self.batch_norm,
+                       "deform_type": self.deform_type, "weight_decay": self.weight_decay})
+        return config
+
+
+def resize_bilinear_legacy(maps, height, width):
+    """TF1 ``resize_bilinear`` (align_corners=False, half_pixel_centers=False): output pixel i reads input
+    ``i * in / out``, far neighbours clamped.
+
+    Shape:
+        maps: [B, h, w] -> [B, height, width]
+    """
+    shape = ops.shape(maps)
+
+    def axis_weights(size_in, size_out):
+        scale = ops.cast(size_in, "float32") / ops.cast(size_out, "float32")
+        src = ops.cast(ops.arange(size_out), "float32") * scale
+        lo = ops.floor(src)
+        frac = src - lo
+        lo_i = ops.cast(lo, "int32")
+        hi_i = ops.minimum(lo_i + 1, ops.cast(size_in, "int32") - 1)
+        return lo_i, hi_i, ops.cast(frac, maps.dtype)
+
+    y0, y1, fy = axis_weights(shape[1], height)
+    x0, x1, fx = axis_weights(shape[2], width)
+    rows = ops.take(maps, y0, axis=1) * (1 - fy)[None, :, None] + ops.take(maps, y1, axis=1) * fy[None, :, None]
+    return ops.take(rows, x0, axis=2) * (1 - fx)[None, None, :] + ops.take(rows, x1, axis=2) * fx[None, None, :]
+
+
+class ASLFeatNet(keras.layers.Layer):
+    """Backbone, dense descriptor map and multi-level peakiness score map.
+
+    Args:
+      deform_type: None (stage 1) or 'u' / 'a' / 'h' for conv6_0, conv6_1, conv6 (stage 2; released models: 'u').
+      multi_level: sum the peakiness of conv1, conv3 and conv6 (True, as released) or use conv6 alone.
+      weight_decay: L2 factor on conv kernels (5e-5 = TFMatch's 1e-4 * 1/2 sum w^2; 0 in stage 2, spec 1.6).
+      descriptor_dim: channels of conv6 (ASLFeat: 128).
+
+    Shape:
+      images: [B, H, W, 1] standardised -> dict
+        ``descriptor_map``: [B, ceil(H/4), ceil(W/4), D] raw conv6 (not normalised),
+        ``score_map``: [B, H, W] detector score S.
+    """
+
+    def __init__(self, deform_type=None, multi_level=True, weight_decay=5e-5, descriptor_dim=128, **kwargs):
+        super().__init__(**kwargs)
+        if deform_type not in (None,) + DEFORM_TYPES:
+            raise ValueError(f"tfmatch/methods/aslfeat/network.py: deform_type must be None or one of "
+                             f"{DEFORM_TYPES}, got {deform_type!r}")
+        self.deform_type = deform_type
+        self.multi_level = multi_level
+        self.weight_decay = weight_decay
+        self.descriptor_dim = descriptor_dim
+
+        def block(filters, strides, name, batch_norm=True, deform=False):
+            return ConvBlock(filters, strides, batch_norm=batch_norm, deform_type=deform_type if deform else None,
+                             weight_decay=weight_decay, name=name)
+
+        self.blocks = [
+            block(32, 1, "conv0"),
+            block(32, 1, "conv1"),
+            block(64, 2, "conv2"),
+            block(64, 1, "conv3"),
+            block(128, 2, "conv4"),
+            block(128, 1, "conv5"),
+            block(128, 1, "conv6_0", deform=True),
+            block(128, 1, "conv6_1", deform=True),
+            block(descriptor_dim, 1, "conv6", batch_norm=False, deform=True),
+        ]
+        levels = LEVELS if multi_level else (("conv6", 1, 1.0),)
+        total = sum(w for _, _, w in levels)
+        self.levels = [(name, weight / total) for name, _, weight in levels]
+        self.peakiness = {name: Peakiness(dilation, name=f"{name}_peakiness") for name, dilation, _ in levels}
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for blk in self.blocks:
+            blk.build(shape)
+            shape = blk.conv.compute_output_shape(shape)
+            if blk.name in self.peakiness:
+                self.peakiness[blk.name].build(shape)
+
+    def call(self, images, training=False):
+        height, width = ops.shape(images)[1], ops.shape(images)[2]
+        x = images
+        taps = {}
+        for blk in self.blocks:
+            x, pre_bn = blk(x, training=training)
+            taps[blk.name] = pre_bn  # conv1 / conv3 taps are pre-BN; conv6 has no BN
+        score = None
+        for name, weight in self.levels:
+            level = self.peakiness[name](taps[name], training=training)
+            level = weight * resize_bilinear_legacy(level, height, width)
+            score = level if score is None else score + level
+        return {"descriptor_map": x, "score_map": score}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"deform_type": self.deform_type, "multi_level": self.multi_level,
+                       "weight_decay": self.weight_decay, "descriptor_dim": self.descriptor_dim})
+        return config
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Detection helpers (inference): pure functions of the score map.
+
+def _shift(maps, dy, dx, pad):
+    """maps[i + dy, j + dx] from a zero-padded copy (padding ``pad`` >= |dy|, |dx|). Shape: [B,H,W] -> [B,H,W]."""
+    padded = ops.pad(maps, [[0, 0], [pad, pad], [pad, pad]])
+    shape = ops.shape(maps)
+    return ops.slice(padded, (0, pad + dy, pad + dx), (shape[0], shape[1], shape[2]))
+
+
+def _hessian(maps, d):
+    """Finite-difference second derivatives with step ``d`` and zero padding (TFMatch filters)."""
+    c = maps
+    dii = _shift(c, -d, 0, d) - 2 * c + _shift(c, d, 0, d)
+    djj = _shift(c, 0, -d, d) - 2 * c + _shift(c, 0, d, d)
+    dij = 0.25 * (_shift(c, -d, -d, d) - _shift(c, -d, d, d) - _shift(c, d, -d, d) + _shift(c, d, d, d))
+    return dii, dij, djj
+
+
+def edge_mask(score_map, edge_threshold=10.0, dilation=3):
+    """True where S is not on an edge: det(H) > 0 and tr(H)^2 / det(H) <= (r + 1)^2 / r, r = ``edge_threshold``;
+    the Hessian uses finite differences with step ``dilation`` on a zero-padded map (TFMatch ``edge_mask``).
+
+    Shape:
+        score_map: [B, H, W] -> [B, H, W] bool
+    """
+    dii, dij, djj = _hessian(score_map, dilation)
+    det = dii * djj - dij * dij
+    tr = dii + djj
+    limit = (edge_threshold + 1.0) ** 2 / edge_threshold
+    safe_det = ops.where(det > 0, det, ops.ones_like(det))
+    return ops.logical_and(det > 0, tr * tr / safe_det <= limit)
+
+
+def subpixel_offsets(score_map):
+    """Newton step ``-H^-1 grad`` of S from 3x3 finite differences (zero padded), clipped to +-0.5 (TFMatch
+    ``kpt_refinement``); 0 where H is singular.
+
+    Shape:
+        score_map: [B, H, W] -> [B, H, W, 2] as (dx, dy)
+    """
+    dii, dij, djj = _hessian(score_map, 1)
+    di = 0.5 * (_shift(score_map, 1, 0, 1) - _shift(score_map, -1, 0, 1))
+    dj = 0.5 * (_shift(score_map, 0, 1, 1) - _shift(score_map, 0, -1, 1))
+    det = dii * djj - dij * dij
+    nonzero = ops.not_equal(det, 0)
+    inv_det = ops.where(nonzero, 1.0 / ops.where(nonzero, det, ops.ones_like(det)), ops.zeros_like(det))
+    step_i = -(djj * inv_det * di - dij * inv_det * dj)
+    step_j = -(-dij * inv_det * di + dii * inv_det * dj)
+    return ops.clip(ops.stack([step_j, step_i], axis=-1), -0.5, 0.5)
+
+
+keras.saving.register_keras_serializable(package="tfmatch.aslfeat")(BatchNorm)
+keras.saving.register_keras_serializable(package="tfmatch.aslfeat")(ConvBlock)
+keras.saving.register_keras_serializable(package="tfmatch.aslfeat")(ASLFeatNet)
