@@ -15,13 +15,6 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("model_dir", None, "the trained run (its operative_config.gin and latest checkpoint)")
-flags.DEFINE_string("out", None, "output directory (default: MODEL_DIR/export)")
-flags.DEFINE_multi_string("gin_bindings", [], "extra bindings applied after the run's config (e.g. max_keypoints)")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
-                  "compile the endpoint with XLA (auto: when it compiles, else without, with a warning)")
-flags.DEFINE_bool("overwrite", True, "replace an existing export")
-flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
 
@@ -113,6 +106,17 @@ def _latest_step(model_dir: str) -> int:
     return found[-1][0] if found else 0
 
 
+def _define_flags():
+    """Flags exist only when run as a command, so ``export()`` can be imported next to other CLIs' flags."""
+    flags.DEFINE_string("model_dir", None, "the trained run (its operative_config.gin and latest checkpoint)")
+    flags.DEFINE_string("out", None, "output directory (default: MODEL_DIR/export)")
+    flags.DEFINE_multi_string("gin_bindings", [], "extra bindings applied after the run's config (e.g. max_keypoints)")
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                      "compile the endpoint with XLA (auto: when it compiles, else without, with a warning)")
+    flags.DEFINE_bool("overwrite", True, "replace an existing export")
+    flags.mark_flag_as_required("model_dir")
+
+
 def main(argv):
     del argv
     _ensure_tensorflow_backend()
@@ -120,4 +124,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
