@@ -62,13 +62,24 @@ def test_init_checkpoint_partial_restore_reports_unmatched(tmp_path, repo_root, 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, repo_root, subprocess_env):
     model_dir = tmp_path / "nan"
-    proc = run_cli("tfmatch.train", train_args(model_dir, "train.max_steps = 20", "ToyDescriptor.nan_at_step = 13"),
+    proc = run_cli("tfmatch.train", train_args(model_dir, "train.max_steps = 20", "ToyDescriptor.nan_at_step = 13",
+                                                         "train.nan_check_every = 1"),
                    subprocess_env, repo_root, check=False)
     assert proc.returncode == 3
     assert "nan at step 13" in proc.stderr and "last good checkpoint" in proc.stderr
     saved = sorted(os.listdir(model_dir / "checkpoints"))
     assert saved == ["ckpt-00000010.h5"]
     assert all(np.all(np.isfinite(v)) for v in read_group(model_dir / "checkpoints" / saved[0]).values())
+
+
+def test_sparse_nan_checks_still_guard_every_checkpoint(tmp_path, repo_root, subprocess_env):
+    # Checked every 7 steps: the NaN from step 9 is missed at step 7, caught at the end of the epoch (step 10)
+    # before the step-10 checkpoint is written.
+    model_dir = tmp_path / "nan_sparse"
+    proc = run_cli("tfmatch.train", train_args(model_dir, "train.max_steps = 20", "ToyDescriptor.nan_at_step = 9",
+                                               "train.nan_check_every = 7"), subprocess_env, repo_root, check=False)
+    assert proc.returncode == 3 and "at step 10" in proc.stderr
+    assert not (model_dir / "checkpoints").exists()
 
 
 def test_misspelled_binding_exits_before_any_work(tmp_path, repo_root, subprocess_env):

@@ -42,13 +42,24 @@ class StepCounter(keras.callbacks.Callback):
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first NaN or Inf loss (or loss term) with a message naming the step."""
+    """Stops training at a NaN or Inf loss (or loss term) with a message naming the step.
 
-    def __init__(self, counter: StepCounter):
+    Reading a loss waits for the device, so it is checked every ``every`` steps (1 = every step) and always at
+    the end of an epoch, before the checkpoint callback (listed after this one) saves anything.
+    """
+
+    def __init__(self, counter: StepCounter, every: int = 1):
         super().__init__()
-        self.counter = counter
+        self.counter, self.every = counter, max(1, every)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.counter.step % self.every == 0:
+            self._check(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs)
+
+    def _check(self, logs):
         for name, value in (logs or {}).items():
             if name == "loss" or name.endswith("_loss") or name.startswith("loss"):
                 value = _scalar(value)

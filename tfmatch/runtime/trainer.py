@@ -70,6 +70,7 @@ def train(
     strategy: str = "auto",  # auto | mirrored | multi_worker | one_device (see runtime/strategy.py)
     jit_compile="auto",  # auto | True | False
     seed: int = 0,
+    nan_check_every: int = 10,  # steps between NaN/Inf checks (each waits for the device); 1 = every step
     match_images: bool = True,  # draw the method's visualization() into TensorBoard every epoch
     verbose="auto",  # auto: progress bar on a terminal, plain log lines otherwise
 ):
@@ -112,7 +113,7 @@ def train(
     counter = cb.StepCounter(initial_step)
     callbacks = [
         counter,
-        cb.NonFiniteGuard(counter),
+        cb.NonFiniteGuard(counter, nan_check_every),
         cb.OperativeConfigWriter(model_dir, writer),
         cb.TrainingLog(counter, max_steps, log_every, writer),
         cb.PeriodicCheckpoint(model_dir, counter, keep_checkpoints),
