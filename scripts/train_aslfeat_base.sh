@@ -7,14 +7,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
+. scripts/_gl3d.sh
 ensure_venv .
-SPLIT=${GL3D_SPLIT:-gl3d}
-if [ -z "${GL3D_ROOT:-}" ]; then
-    GL3D_ROOT=data_cache/synthetic_gl3d
-    echo "[aslfeat] GL3D_ROOT is not set: using the synthetic GL3D set in $GL3D_ROOT" >&2
-    [ -f "$GL3D_ROOT/.synthetic_gl3d.complete" ] || "$VENV/bin/python" -m data_tools.make_synthetic_gl3d --out "$GL3D_ROOT"
-fi
-"$VENV/bin/python" -m data_tools.gl3d_match_sets --gl3d "$GL3D_ROOT" --split "$SPLIT"
+ensure_gl3d
 exec "$VENV/bin/python" -m tfmatch.train --gin_file configs/methods/aslfeat/base.gin \
     --gin_bindings "GL3D_ROOT = '$GL3D_ROOT'" --gin_bindings "gl3d_dense_dataset.data_split = '$SPLIT'" \
     --model_dir "${MODEL_DIR:-ckpt/aslfeat-base}" "$@"

@@ -6,13 +6,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
+. scripts/_gl3d.sh
 ensure_venv .
-SPLIT=${GL3D_SPLIT:-gl3d}
-if [ -z "${GL3D_ROOT:-}" ]; then
-    GL3D_ROOT=data_cache/synthetic_gl3d
-    [ -f "$GL3D_ROOT/.synthetic_gl3d.complete" ] || "$VENV/bin/python" -m data_tools.make_synthetic_gl3d --out "$GL3D_ROOT"
-fi
-"$VENV/bin/python" -m data_tools.gl3d_match_sets --gl3d "$GL3D_ROOT" --split "$SPLIT"
+ensure_gl3d
 if [ -n "${REGIONAL_WEIGHTS:-}" ]; then
     "$VENV/bin/python" -m data_tools.extract_regional_features --gl3d "$GL3D_ROOT" --split "$SPLIT" --weights "$REGIONAL_WEIGHTS"
     WEIGHTS_BINDING="REGIONAL_WEIGHTS = '$REGIONAL_WEIGHTS'"
@@ -22,4 +18,4 @@ else
 fi
 exec "$VENV/bin/python" -m tfmatch.train --gin_file configs/methods/contextdesc/contextdesc.gin \
     --gin_bindings "GL3D_ROOT = '$GL3D_ROOT'" --gin_bindings "GL3D_SPLIT = '$SPLIT'" \
-    --gin_bindings "$WEIGHTS_BINDING" --model_dir ckpt/contextdesc "$@"
+    --gin_bindings "$WEIGHTS_BINDING" --model_dir "${MODEL_DIR:-ckpt/contextdesc}" "$@"
