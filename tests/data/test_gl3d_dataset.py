@@ -182,7 +182,7 @@ def test_gin_file_binds_the_dense_dataset(repo_root):
     gin.clear_config()
     try:
         gin.parse_config_file(os.path.join(repo_root, "configs", "data", "gl3d_dense.gin"), skip_unknown=["train"])
-        gin.parse_config("GL3D_ROOT = 'some/root'\nIMAGE_SIZE = 64")
+        gin.parse_config("GL3D_ROOT = 'some/gl3d_dir'\nIMAGE_SIZE = 64")
         assert gin.query_parameter("gl3d_dense_dataset.num_corr") == 1024
         with pytest.raises(gl3d_io.GL3DFormatError, match=r"some/gl3d_dir/list/gl3d/\.match_sets\.complete"):
             gl3d.gl3d_dense_dataset("train", 2)
