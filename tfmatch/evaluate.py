@@ -27,6 +27,8 @@ flags.DEFINE_list("resize", None, "Empty: original size; L: longer side; W,H: ex
 flags.DEFINE_boolean("overwrite", False, "Replace results of another configuration in OUT.")
 flags.DEFINE_integer("num_match_images", 5, "Pairs drawn as PNG (inliers green, outliers red).")
 flags.DEFINE_boolean("progress", True, "Show progress bars.")
+flags.DEFINE_enum("describe_keypoints", "model", ["model", "opencv"], "describe SavedModels (GeoDesc, ContextDesc): "
+                  "SIFT as metadata.json says (the originals), or the keypoints of --method sift (descriptors alone).")
 # hpatches
 flags.DEFINE_string("data", None, "hpatches: root of <seq>/1..6.<ext>, H_1_k.")
 flags.DEFINE_string("sequences", "", "hpatches: regular expression selecting sequences (default all).")
@@ -66,7 +68,8 @@ def main(argv):
             homography_estimator=FLAGS.homography_estimator, homography_ransac_threshold=FLAGS.homography_threshold,
             sequences=FLAGS.sequences)
         io.read_hpatches(FLAGS.data, sequences=protocol.sequences)  # bad data fails before a model is loaded
-        extractor = make_extractor(FLAGS.saved_model, FLAGS.method, protocol.max_keypoints, protocol.resize)
+        extractor = make_extractor(FLAGS.saved_model, FLAGS.method, protocol.max_keypoints, protocol.resize,
+                               FLAGS.describe_keypoints)
         summary = evaluate_hpatches(FLAGS.data, extractor, FLAGS.out, protocol, **common)
     else:
         from tfmatch.eval.pose import PoseProtocol, evaluate_pose
@@ -77,7 +80,8 @@ def main(argv):
             max_keypoints=FLAGS.max_keypoints if FLAGS.max_keypoints is not None else 1024,
             ransac_threshold=FLAGS.ransac_threshold, estimator=FLAGS.pose_estimator)
         io.read_pairs(FLAGS.pairs, with_gt=True)
-        extractor = make_extractor(FLAGS.saved_model, FLAGS.method, protocol.max_keypoints, protocol.resize)
+        extractor = make_extractor(FLAGS.saved_model, FLAGS.method, protocol.max_keypoints, protocol.resize,
+                               FLAGS.describe_keypoints)
         summary = evaluate_pose(FLAGS.pairs, FLAGS.images, extractor, FLAGS.out, protocol, **common)
     print(json.dumps(summary, indent=2))
 

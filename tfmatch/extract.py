@@ -19,6 +19,8 @@ flags.DEFINE_list("resize", [], "Empty: original size; L: longer side L; W,H: ex
                   "stored in original-image pixels.")
 flags.DEFINE_boolean("overwrite", False, "Replace an output made with another configuration.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_enum("describe_keypoints", "model", ["model", "opencv"], "describe SavedModels (GeoDesc, ContextDesc): "
+                  "SIFT as metadata.json says (the originals), or the keypoints of --method sift (descriptors alone).")
 flags.mark_flags_as_required(["images", "out"])
 
 
@@ -28,7 +30,8 @@ def main(argv):
     from tfmatch.eval import io, pipeline
     from tfmatch.eval.extractors import make_extractor
 
-    extractor = make_extractor(FLAGS.saved_model, FLAGS.method, FLAGS.max_keypoints, io.parse_resize(FLAGS.resize))
+    extractor = make_extractor(FLAGS.saved_model, FLAGS.method, FLAGS.max_keypoints, io.parse_resize(FLAGS.resize),
+                               FLAGS.describe_keypoints)
     root, names = io.list_images(FLAGS.images)
     computed = pipeline.extract_features(extractor, root, [(n, n, 0) for n in names], FLAGS.out, FLAGS.overwrite,
                                          FLAGS.progress)

@@ -131,3 +131,28 @@ def test_pose_from_exact_matches_has_zero_error_and_auc_one(tmp_path):
     T_wrong = T.copy()
     T_wrong[:3, :3] = T[:3, :3].T
     assert metrics.pose_errors(R, t, T_wrong)[0] > 15
+
+
+def test_fpr_at_recall_hand_computed():
+    # 20 matching distances 0.1 .. 2.0: the 95% quantile interpolates between 1.9 and 2.0 at 18.05 -> 1.905.
+    positive = np.arange(1, 21) * 0.1
+    negative = [0.5, 1.9, 1.91, 3.0]  # 0.5 and 1.9 are accepted, 1.91 is just above the threshold
+    assert metrics.fpr_at_recall(positive, negative) == pytest.approx(0.5)
+    assert metrics.fpr_at_recall(positive, negative, recall=0.5) == pytest.approx(0.25)  # threshold 1.05
+    assert metrics.fpr_at_recall([1.0], [1.0, 1.5]) == 0.5  # a tie is accepted
+    with pytest.raises(ValueError, match="non-matching"):
+        metrics.fpr_at_recall(positive, [])
+
+
+def test_fpr_at_95_recall_pairs_rows_and_never_a_row_with_itself():
+    d = np.eye(2, dtype=np.float32)
+    assert metrics.fpr_at_95_recall(d, d) == 0.0  # matches at distance 0, non-matches at sqrt(2)
+    assert metrics.fpr_at_95_recall(d, d[::-1]) == 1.0  # matching rows are the far ones
+    # Identical descriptors: every matching pair is at 0, so any non-matching pair drawn as (i, i) would count.
+    x = np.random.default_rng(3).normal(size=(50, 8))
+    assert metrics.fpr_at_95_recall(x, x, np.random.default_rng(7)) == 0.0
+    # 100 rows of 4 distinct values: a non-matching pair is at distance 0 (accepted) with probability 24/99.
+    y = np.repeat(np.eye(4), 25, axis=0)
+    assert 0.1 < metrics.fpr_at_95_recall(y, y) < 0.4
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.fpr_at_95_recall(x, x[:10])

@@ -1,10 +1,11 @@
 """One loader for every feature source of the evaluation: an exported SavedModel or an OpenCV baseline.
 
 ``make_extractor(saved_model=... | method="sift"|"orb", max_keypoints, resize)`` returns an ``Extractor``: a
-callable ``image [H, W, C] uint8 -> (keypoints [N, 2], scores [N], descriptors [N, D])`` with keypoints in the
-pixels of the image it was given (integer = pixel centre), whatever ``resize`` the extraction ran at, and
-without the padded (invalid) rows of the SavedModel output. Evaluation never imports method code: a model is
-only its SavedModel (``extract`` or ``describe`` endpoint) and ``metadata.json`` (docs/developing.md, "Export").
+callable ``(image [H, W, C] uint8, rot=0) -> (keypoints [N, 2], scores [N], descriptors [N, D])`` with keypoints
+in the pixels of the image it was given (integer = pixel centre), whatever ``resize`` and quarter turns ``rot``
+the extraction ran at, and without the padded (invalid) rows of the SavedModel output. Evaluation never imports
+method code: a model is only its SavedModel (``extract`` or ``describe`` endpoint) and ``metadata.json``
+(docs/developing.md, "Export").
 
 Baseline descriptors: SIFT rows are L2-normalised (the extractor contract); ORB's 256 bits are unpacked to 0/1
 floats, so that the squared Euclidean distance the matchers use is the Hamming distance.
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 
 from tfmatch.eval.io import resize_image
+from tfmatch.eval.pipeline import rotate_points_back
 
 BASELINES = ("sift", "orb")
 
@@ -67,8 +69,51 @@ def opencv_keypoints(method: str, gray: np.ndarray, max_keypoints: int):
     return _top_k(keypoints, scores, descriptors, max_keypoints)
 
 
+def sift_keypoints(gray: np.ndarray, settings: dict, max_keypoints: int | None = None) -> tuple:
+    """SIFT keypoints for a patch descriptor, detected and selected as its SavedModel's ``metadata.json`` says.
+
+    ``settings`` is the ``detector`` entry of the metadata (GeoDesc/ContextDesc: 3 octave layers, contrast
+    threshold 0.0067, edge 10, sigma 1.6, ``selection = "by_octave"``). ``by_octave`` keeps whole octaves, largest
+    keypoints first, until at least ``max_keypoints`` are kept (the originals' rule: a budget never splits an
+    octave); ``strongest`` keeps the highest responses. ``upright`` sets every angle to 0 and drops the duplicates
+    OpenCV makes for several orientations. Returns ``keypoints [N, 4]`` (x, y, size, angle) and ``scores [N]``.
+    """
+    budget = int(max_keypoints or settings.get("max_keypoints", 4000))
+    detector = cv2.SIFT_create(nfeatures=0, nOctaveLayers=int(settings.get("n_octave_layers", 3)),
+                               contrastThreshold=float(settings.get("contrast_threshold", 0.04)),
+                               edgeThreshold=float(settings.get("edge_threshold", 10.0)),
+                               sigma=float(settings.get("sigma", 1.6)))
+    found = detector.detect(gray, None)
+    keypoints = np.array([[k.pt[0], k.pt[1], k.size, k.angle] for k in found], np.float32).reshape(-1, 4)
+    scores = np.array([k.response for k in found], np.float32)
+    if settings.get("upright", False) and len(keypoints):
+        keypoints[:, 3] = 0.0
+        _, first = np.unique(keypoints[:, :3], axis=0, return_index=True)
+        first.sort()
+        keypoints, scores = keypoints[first], scores[first]
+    selection = settings.get("selection", "strongest")
+    if selection == "by_octave" and len(keypoints) > budget:
+        # OpenCV packs the octave in the low byte of KeyPoint.octave, as a signed 8-bit number (-1: upsampled).
+        octave = np.array([((k.octave & 255) ^ 128) - 128 for k in found], np.int64)
+        if settings.get("upright", False):
+            octave = octave[first]
+        order = np.lexsort((-keypoints[:, 2], -octave))  # largest octave first, then by size within it
+        counts = np.cumsum(np.bincount(np.searchsorted(np.unique(-octave), -octave[order])))
+        keep = counts[np.searchsorted(counts, budget)] if counts[-1] > budget else counts[-1]
+        order = order[:keep]
+        return keypoints[order], scores[order]
+    if selection not in ("by_octave", "strongest"):
+        raise ValueError(f"detector selection must be 'by_octave' or 'strongest', got {selection!r}")
+    order = np.argsort(-scores, kind="stable")[:budget]
+    return keypoints[order], scores[order]
+
+
 class Extractor:
-    """Callable ``image [H, W, C] uint8 -> (keypoints [N,2], scores [N], descriptors [N,D])``.
+    """Callable ``(image [H, W, C] uint8, rot=0) -> (keypoints [N,2], scores [N], descriptors [N,D])``.
+
+    The image is resized first, then turned by ``rot`` quarter turns (``np.rot90``), as SuperGlue's
+    ``read_image`` does (so an exact ``resize`` (W, H) applies to the upright image, not to the turned one);
+    keypoints come back in the pixels of the image as given.
 
     Attributes:
       name: a short tag ("sift", "orb", or the SavedModel's method).
@@ -80,14 +125,18 @@ class Extractor:
         self.name, self.config, self.channels = name, dict(config, resize=list(resize)), channels
         self._run, self._resize = run, tuple(resize)
 
-    def __call__(self, image: np.ndarray):
+    def __call__(self, image: np.ndarray, rot: int = 0):
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[:, :, None]
         if image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 [H, W, C], got {image.dtype} {image.shape}")
         small, (sx, sy) = resize_image(image, self._resize)
-        keypoints, scores, descriptors = self._run(small)
+        if rot % 4:
+            keypoints, scores, descriptors = self._run(np.ascontiguousarray(np.rot90(small, rot)))
+            keypoints = rotate_points_back(keypoints, rot, small.shape[1], small.shape[0])
+        else:
+            keypoints, scores, descriptors = self._run(small)
         keypoints = np.asarray(keypoints, np.float32).reshape(-1, 2).copy()
         if (sx, sy) != (1.0, 1.0):  # back to the given image; integer = pixel centre on both grids
             keypoints[:, 0] = (keypoints[:, 0] + 0.5) * sx - 0.5
@@ -125,7 +174,7 @@ def read_metadata(saved_model: Path) -> dict:
                             "assets/ and its parent)")
 
 
-def _saved_model_extractor(path, max_keypoints: int, resize) -> Extractor:
+def _saved_model_extractor(path, max_keypoints: int, resize, describe_keypoints: str = "model") -> Extractor:
     import tensorflow as tf  # only here: loading a SavedModel is the one use of TensorFlow in eval
 
     saved_model = find_saved_model(path)
@@ -155,11 +204,18 @@ def _saved_model_extractor(path, max_keypoints: int, resize) -> Extractor:
             return _top_k(keypoints, scores, descriptors, max_keypoints)
     elif endpoint == "describe":
         detector = dict(metadata.get("detector") or {"name": "sift"})
-        detector_name = detector.get("name", "sift")
-        detector_budget = int(max_keypoints or detector.get("max_keypoints", 4000))
+        if detector.get("name", "sift") != "sift":
+            raise ValueError(f"{saved_model}/metadata.json: describe models take SIFT keypoints, "
+                             f"got detector {detector.get('name')!r}")
+
+        if describe_keypoints not in ("model", "opencv"):
+            raise ValueError(f"describe_keypoints must be 'model' or 'opencv', got {describe_keypoints!r}")
 
         def run(image):
-            keypoints, scores, _ = opencv_keypoints(detector_name, _gray(image), detector_budget)
+            if describe_keypoints == "model":
+                keypoints, scores = sift_keypoints(_gray(image), detector, max_keypoints)
+            else:  # the keypoints of --method sift with the same budget: the descriptors alone are compared
+                keypoints, scores, _ = opencv_keypoints("sift", _gray(image), max_keypoints or 4000)
             if len(keypoints) == 0:
                 return keypoints[:, :2], scores, np.zeros((0, int(metadata.get("descriptor_dim", 128))), np.float32)
             out = model.describe(as_batch(image), tf.constant(keypoints[None], tf.float32))
@@ -170,14 +226,20 @@ def _saved_model_extractor(path, max_keypoints: int, resize) -> Extractor:
     name = str(metadata.get("method", saved_model.parent.name)).lower()
     config = {"source": "saved_model", "path": str(saved_model.resolve()), "metadata": metadata,
               "max_keypoints": max_keypoints}
+    if endpoint == "describe":
+        config["describe_keypoints"] = describe_keypoints
     return Extractor(name, config, channels, run, resize)
 
 
-def make_extractor(saved_model=None, method=None, max_keypoints: int = 4000, resize=()) -> Extractor:
+def make_extractor(saved_model=None, method=None, max_keypoints: int = 4000, resize=(),
+                   describe_keypoints: str = "model") -> Extractor:
     """Exactly one of ``saved_model`` (a SavedModel or model_dir) and ``method`` ("sift" or "orb").
 
     ``max_keypoints``: the budget of the baselines; for a SavedModel, the strongest valid keypoints kept
     (0 = all it returns); for a ``describe`` model, the budget of its detector (0 = metadata's).
+    ``describe_keypoints``: for a ``describe`` model, ``"model"`` detects SIFT as its ``metadata.json`` says (the
+    originals' settings and by-octave budget) and ``"opencv"`` takes the keypoints of ``method="sift"`` with the
+    same budget, so that the two compare the descriptors alone.
     """
     if (saved_model is None) == (method is None):
         raise ValueError("give exactly one of --saved_model and --method")
@@ -185,4 +247,4 @@ def make_extractor(saved_model=None, method=None, max_keypoints: int = 4000, res
         if method not in BASELINES:
             raise ValueError(f"--method must be one of {BASELINES}, got {method!r}")
         return _opencv_extractor(method, int(max_keypoints), tuple(resize))
-    return _saved_model_extractor(saved_model, int(max_keypoints), tuple(resize))
+    return _saved_model_extractor(saved_model, int(max_keypoints), tuple(resize), describe_keypoints)

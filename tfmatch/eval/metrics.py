@@ -1,5 +1,6 @@
 """Pure numpy metrics of the evaluation harness: homography protocol (MMA, corner error, repeatability,
-localisation error, NN mAP, matching score) and relative pose (angular errors, AUC as SuperGlue computes it).
+localisation error, NN mAP, matching score), relative pose (angular errors, AUC as SuperGlue computes it) and
+patch-pair verification (FPR at 95% recall, the Brown et al. / GeoDesc patch benchmark figure).
 
 Points are ``[N, 2]`` float arrays of (x, y) pixels, integer = pixel centre. A homography ``H`` maps image-0
 pixels to image-1 pixels (HPatches ``H_1_k``).
@@ -183,3 +184,44 @@ def pose_auc(errors, thresholds=(5, 10, 20)) -> list[float]:
         area = np.sum((curve_e[1:] - curve_e[:-1]) * (curve_r[1:] + curve_r[:-1]) / 2.0)
         aucs.append(float(area / threshold))
     return aucs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Patch-pair verification
+def fpr_at_recall(positive_distances, negative_distances, recall: float = 0.95) -> float:
+    """False-positive rate at the distance threshold that accepts ``recall`` of the matching pairs.
+
+    The threshold is ``np.quantile(positive_distances, recall)`` (linear interpolation); a pair is accepted when
+    its distance is <= the threshold, and the FPR is the share of non-matching pairs accepted.
+
+    Shape:
+      positive_distances ``[P]``, negative_distances ``[Q]`` -> float.
+    """
+    positive = np.asarray(positive_distances).reshape(-1)
+    negative = np.asarray(negative_distances).reshape(-1)
+    if positive.size == 0 or negative.size == 0:
+        raise ValueError(f"need matching and non-matching pairs, got {positive.size} and {negative.size}")
+    if not 0.0 < recall <= 1.0:
+        raise ValueError(f"recall must be in (0, 1], got {recall}")
+    threshold = np.quantile(positive, recall)
+    return float(np.mean(negative <= threshold))
+
+
+def fpr_at_95_recall(descriptors0, descriptors1, rng=None) -> float:
+    """FPR at 95% recall of descriptor pairs: row i of ``descriptors0`` matches row i of ``descriptors1``;
+    the non-matching pairs are row i against row ``(i + k_i) mod n``, ``k_i`` uniform in 1..n-1 (never i itself),
+    drawn from ``rng`` (default ``np.random.default_rng(0)``, so the value is deterministic). Euclidean distance.
+
+    Shape:
+      descriptors0, descriptors1 ``[n, D]`` with n >= 2 -> float.
+    """
+    descriptors0, descriptors1 = np.asarray(descriptors0), np.asarray(descriptors1)
+    if descriptors0.ndim != 2 or descriptors0.shape != descriptors1.shape or descriptors0.shape[0] < 2:
+        raise ValueError(f"descriptors must be two [n, D] arrays of the same shape with n >= 2, got "
+                         f"{descriptors0.shape} and {descriptors1.shape}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    n = descriptors0.shape[0]
+    positive = np.linalg.norm(descriptors0 - descriptors1, axis=1)
+    perm = (np.arange(n) + rng.integers(1, n, n)) % n  # never i itself
+    negative = np.linalg.norm(descriptors0 - descriptors1[perm], axis=1)
+    return fpr_at_recall(positive, negative, 0.95)

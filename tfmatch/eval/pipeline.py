@@ -97,7 +97,8 @@ def extract_features(extractor, root, items, h5_path, overwrite: bool = False, p
 
     Args:
       items: ``(key, relative path, rot)`` triples: ``key`` names the h5 group; ``rot`` quarter turns
-        (``np.rot90``) applied before extraction; keypoints are stored in the unrotated image.
+        (``np.rot90``) the extractor applies after its resize (``Extractor``); keypoints are stored in the pixels
+        of the unrotated, original-size image.
     """
     config = dict(extractor.config, **(config_extra or {}))
     computed = 0
@@ -106,9 +107,7 @@ def extract_features(extractor, root, items, h5_path, overwrite: bool = False, p
         for key, relative, rot in tqdm(todo, desc=f"extract {extractor.name}", disable=not progress, unit="img"):
             image = io.read_image(Path(root) / relative, channels=extractor.channels)
             height, width = image.shape[:2]
-            keypoints, scores, descriptors = extractor(np.ascontiguousarray(np.rot90(image, rot)) if rot else image)
-            if rot:
-                keypoints = rotate_points_back(keypoints, rot, width, height)
+            keypoints, scores, descriptors = extractor(image, rot) if rot else extractor(image)
             io.write_features(h5, key, keypoints, scores, descriptors, (width, height))
             h5.flush()
             computed += 1

@@ -5,7 +5,7 @@ import pytest
 from keras import ops
 
 from tests.methods.aslfeat._grad import gradients
-from tfmatch.layers.deform_conv import DeformConv2D
+from tfmatch.layers.deform_conv import DeformConv2D, deformable_sample
 
 
 def _plain_conv(x, kernel):
@@ -126,3 +126,53 @@ def test_get_config_round_trip():
     assert clone.filters == 5 and clone.deform_type == "a" and clone.modulated is False
     with pytest.raises(ValueError, match="deform_type"):
         DeformConv2D(3, deform_type="x")
+
+
+def _compiled(fn):
+    """``fn`` compiled with XLA on the active backend (the export runs the SavedModel with ``jit_compile``)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    pytest.skip(f"no XLA compilation on the {backend} backend")
+
+
+def _reference_sample(padded, offsets, k):
+    """numpy deformable_sample: positions clipped to the padded map, bilinear from clipped integer neighbours."""
+    b, hp, wp, c = padded.shape
+    h, w = hp - k + 1, wp - k + 1
+    ti, tj = np.repeat(np.arange(k), k), np.tile(np.arange(k), k)
+    y = np.clip(np.arange(h)[:, None, None] + ti + offsets[..., 0], 0, hp - 1)
+    x = np.clip(np.arange(w)[None, :, None] + tj + offsets[..., 1], 0, wp - 1)
+    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+    y1, x1 = np.minimum(y0 + 1, hp - 1), np.minimum(x0 + 1, wp - 1)
+    wy, wx = (y - y0)[..., None], (x - x0)[..., None]
+    bi = np.arange(b)[:, None, None, None]
+    return ((padded[bi, y0, x0] * (1 - wx) + padded[bi, y0, x1] * wx) * (1 - wy)
+            + (padded[bi, y1, x0] * (1 - wx) + padded[bi, y1, x1] * wx) * wy)
+
+
+def test_samples_outside_the_map_are_clipped_the_same_eagerly_and_under_xla():
+    # Issue #4 hypothesis: out-of-range gather indices behave differently eagerly (TF: error on CPU, zeros on GPU)
+    # and under XLA (clamped). deformable_sample clips the positions and both neighbours before any gather, so
+    # offsets far outside the map (here up to 40 px on a 6 x 7 map, and exactly on the last row/column) read the
+    # border values the same way everywhere, as the numpy reference.
+    rng = np.random.default_rng(4)
+    padded = rng.normal(size=(2, 6, 7, 3)).astype("float32")
+    offsets = rng.uniform(-40.0, 40.0, size=(2, 4, 5, 9, 2)).astype("float32")
+    offsets[:, :, :, 0, 0] = 5.0 - np.arange(4)[None, :, None]  # tap (0, 0) lands exactly on the last row
+    outside = (np.arange(4)[:, None, None] + np.repeat(np.arange(3), 3) + offsets[..., 0] > 5) | (
+        np.arange(4)[:, None, None] + np.repeat(np.arange(3), 3) + offsets[..., 0] < 0)
+    assert outside.mean() > 0.5  # most samples really lie outside the map
+    reference = _reference_sample(padded.astype("float64"), offsets.astype("float64"), 3)
+    eager = np.asarray(deformable_sample(padded, offsets, 3))
+    xla = np.asarray(_compiled(lambda p, o: deformable_sample(p, o, 3))(padded, offsets))
+    np.testing.assert_allclose(eager, reference, atol=1e-5)
+    np.testing.assert_allclose(xla, reference, atol=1e-5)

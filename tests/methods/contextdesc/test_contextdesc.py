@@ -1,11 +1,16 @@
-"""ContextDesc: context blocks (known answers), shapes, describe with the in-model ResNet-50, tiny training."""
+"""ContextDesc: context blocks (known answers), shapes, describe with the in-model ResNet-50, SavedModel round
+trip, tiny training."""
+
+import json
 
 import keras
 import numpy as np
 import pytest
 
 from tests.methods.geodesc import _patch_pairs as pp
+from tfmatch.eval.metrics import fpr_at_95_recall
 from tfmatch.methods.contextdesc import ContextDesc
+from tfmatch.methods.contextdesc import model as cd_model
 from tfmatch.methods.contextdesc import network as cn
 
 
@@ -71,6 +76,55 @@ def test_call_loss_terms_describe_and_metadata():
     assert meta["detector"]["name"] == "sift" and meta["regional_features"]["computed"].startswith("inside")
 
 
+def _stand_in_trunk(weights=None, name="regional_trunk"):
+    """A stride-32 stand-in for the ResNet-50 trunk (16 channels): the full trunk's SavedModel (25 M weights,
+    about 200 MB) takes 30 s or more to write and load on 2 CPU cores. Everything after the trunk is the real model."""
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Conv2D(16, 32, strides=32, padding="same", name="stand_in_conv")(inputs)
+    trunk = keras.Model(inputs, outputs, name=name)
+    trunk.trainable = False
+    return trunk
+
+
+def test_saved_model_round_trip_at_any_image_size(tmp_path, monkeypatch):
+    """Export a ContextDesc model_dir and reload it with ``tf.saved_model.load``: the ``describe`` endpoint takes
+    images of sizes it was not traced with and gives the Keras model's descriptors (regional features are computed
+    inside; the grid of regional cells follows the image size)."""
+    import gin
+    import tensorflow as tf
+
+    from tfmatch import config
+    from tfmatch.export import export
+    from tfmatch.runtime import checkpoints
+
+    monkeypatch.setattr(cd_model, "build_regional_trunk", _stand_in_trunk)
+    model = ContextDesc(regional_dim=16, width=0.25, max_keypoints=500)
+    model.build_for_inference()
+    model_dir = tmp_path / "contextdesc"
+    model_dir.mkdir()
+    (model_dir / config.OPERATIVE_CONFIG).write_text(
+        "import tfmatch.methods\n\ntrain.model_fn = @ContextDesc\nContextDesc.regional_dim = 16\n"
+        "ContextDesc.width = 0.25\nContextDesc.max_keypoints = 500\n")
+    checkpoints.save(str(model_dir), model, step=3)
+    try:
+        out = export(str(model_dir), jit_compile="false")
+    finally:
+        gin.clear_config()
+    metadata = json.loads((tmp_path / "contextdesc" / "export" / "metadata.json").read_text())
+    assert metadata["endpoint"] == "describe" and metadata["checkpoint_step"] == 3
+    assert metadata["detector"]["max_keypoints"] == 500 and metadata["regional_features"]["dim"] == 16
+    loaded = tf.saved_model.load(out)
+    rng = np.random.default_rng(0)
+    for height, width, num in ((100, 130, 3), (200, 70, 7)):  # 4 x 5 and 7 x 3 regional cells
+        images = rng.uniform(0, 255, (1, height, width, 1)).astype("float32")
+        keypoints = np.stack([rng.uniform(5, width - 5, num), rng.uniform(5, height - 5, num),
+                              rng.uniform(2, 6, num), rng.uniform(0, 360, num)], -1)[None].astype("float32")
+        want = np.asarray(model.describe(images, keypoints)["descriptors"])
+        got = np.asarray(loaded.describe(tf.constant(images), tf.constant(keypoints))["descriptors"])
+        assert got.shape == (1, num, 128)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_tiny_training_lowers_fpr95_of_augmented_descriptors():
     import tensorflow as tf
@@ -78,9 +132,8 @@ def test_tiny_training_lowers_fpr95_of_augmented_descriptors():
     keras.utils.set_random_seed(0)
     with pytest.warns(UserWarning):
         model = ContextDesc(regional_dim=32, width=0.25)  # a quarter-width tower: CPU budget
-    crop = lambda images, kps: model_crop(model, images, kps)  # noqa: E731
-    train = pp.make_patch_pairs(crop, pp.TRAIN_IMAGES, pairs_per_view=64, views_per_image=6, seed=0)
-    held_out = pp.make_patch_pairs(crop, pp.HELD_OUT_IMAGES, pairs_per_view=64, views_per_image=2, seed=1)
+    train = pp.make_patch_pairs(model.crop, pp.TRAIN_IMAGES, pairs_per_view=64, views_per_image=6, seed=0)
+    held_out = pp.make_patch_pairs(model.crop, pp.HELD_OUT_IMAGES, pairs_per_view=64, views_per_image=2, seed=1)
     rng = np.random.default_rng(0)
     image_regional = rng.normal(size=(len(pp.TRAIN_IMAGES) + len(pp.HELD_OUT_IMAGES), 4, 4, 32)).astype("float32")
 
@@ -96,7 +149,7 @@ def test_tiny_training_lowers_fpr95_of_augmented_descriptors():
         out = model(batch, training=False)
         d0 = np.asarray(out["descriptors0"]).reshape(-1, 128)
         d1 = np.asarray(out["descriptors1"]).reshape(-1, 128)
-        return pp.fpr_at_95_recall(d0, d1)
+        return fpr_at_95_recall(d0, d1)
 
     untrained = held_out_fpr()
     views = [rng.choice(train["patches0"].shape[0], 2, replace=False) for _ in range(40)]
@@ -109,9 +162,3 @@ def test_tiny_training_lowers_fpr95_of_augmented_descriptors():
     print(f"ContextDesc FPR95 held out: untrained {untrained:.3f}, trained {trained:.3f}; "
           f"terms {[round(history.history[k][-1], 3) for k in ('aug_loss', 'raw_loss', 'quad_loss')]}")
     assert trained < 0.7 * untrained
-
-
-def model_crop(model, images, keypoints):
-    from tfmatch.methods.geodesc.network import crop_patches, keypoint_patch_transform
-
-    return crop_patches(images, keypoint_patch_transform(keypoints, model.support_radius), 32)

@@ -3,6 +3,7 @@
 Keypoints are drawn on scikit-image photographs; view 1 is the photograph under a random affine warp (rotation,
 scale, anisotropy, shear) with a photometric change and noise, and its keypoints are the warped keypoints. Both
 views are cropped with the model's own sampler, so pairs show the same surface under a local affine change.
+The held-out figure is ``tfmatch.eval.metrics.fpr_at_95_recall``.
 """
 
 import math
@@ -71,20 +72,6 @@ def make_patch_pairs(crop_fn, names, pairs_per_view, views_per_image, seed):
             out["keypoints1"].append(((kp1[:, :2] - [w / 2, h / 2]) / [w / 2, h / 2]).astype(np.float32))
             out["image_ids"].append(image_id)
     return {k: np.stack(v) for k, v in out.items()}
-
-
-def fpr_at_95_recall(descriptors0, descriptors1, rng=None):
-    """FPR at 95% recall of matching pairs (row i of each) against non-matching pairs (row i vs a shuffled row).
-
-    Shape: descriptors0, descriptors1 [n, D] -> float
-    """
-    rng = rng or np.random.default_rng(0)
-    n = descriptors0.shape[0]
-    positive = np.linalg.norm(descriptors0 - descriptors1, axis=1)
-    perm = (np.arange(n) + rng.integers(1, n, n)) % n  # never i itself
-    negative = np.linalg.norm(descriptors0 - descriptors1[perm], axis=1)
-    threshold = np.quantile(positive, 0.95)
-    return float(np.mean(negative <= threshold))
 
 
 def raw_pixel_descriptors(patches):

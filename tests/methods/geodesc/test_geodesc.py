@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.methods.geodesc import _patch_pairs as pp
+from tfmatch.eval.metrics import fpr_at_95_recall
 from tfmatch.methods.geodesc import GeoDesc
 from tfmatch.methods.geodesc.network import SIFT_SUPPORT_RADIUS
 
@@ -104,7 +105,7 @@ def _batches(data, rows, num_inliers, steps, seed):
 def held_out_fpr(model, data):
     d0 = np.asarray(model.describe_patches(data["patches0"].reshape(1, -1, 32, 32, 1))["descriptors"])[0]
     d1 = np.asarray(model.describe_patches(data["patches1"].reshape(1, -1, 32, 32, 1))["descriptors"])[0]
-    return pp.fpr_at_95_recall(d0, d1)
+    return fpr_at_95_recall(d0, d1)
 
 
 @pytest.mark.slow
@@ -116,8 +117,8 @@ def test_tiny_training_lowers_fpr95_below_untrained_and_raw_pixels():
     model = GeoDesc(width=0.25)
     train = pp.make_patch_pairs(model.crop, pp.TRAIN_IMAGES, pairs_per_view=200, views_per_image=4, seed=0)
     held_out = pp.make_patch_pairs(model.crop, pp.HELD_OUT_IMAGES, pairs_per_view=200, views_per_image=2, seed=1)
-    raw = pp.fpr_at_95_recall(pp.raw_pixel_descriptors(held_out["patches0"].reshape(-1, 32, 32, 1)),
-                              pp.raw_pixel_descriptors(held_out["patches1"].reshape(-1, 32, 32, 1)))
+    raw = fpr_at_95_recall(pp.raw_pixel_descriptors(held_out["patches0"].reshape(-1, 32, 32, 1)),
+                           pp.raw_pixel_descriptors(held_out["patches1"].reshape(-1, 32, 32, 1)))
     untrained = held_out_fpr(model, held_out)
     batches = list(_batches(train, rows=64, num_inliers=60, steps=60, seed=0))
     ds = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature={

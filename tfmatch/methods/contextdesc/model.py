@@ -15,18 +15,16 @@ import keras
 from keras import ops
 
 from tfmatch.losses import structured
-from tfmatch.methods.base import Method
 from tfmatch.methods.contextdesc import losses
 from tfmatch.methods.contextdesc.network import (GeometricContext, MatchabilityPredictor, VisualContext,
                                                  apply_homography, build_regional_trunk, normalized_keypoint_xy,
                                                  preprocess_regional, random_corner_homography)
-from tfmatch.methods.geodesc.model import PATCH_SIZE, LinearPenalty, check_patch_batch
-from tfmatch.methods.geodesc.network import (SIFT_SETTINGS, SIFT_SUPPORT_RADIUS, GeoDescTower, crop_patches,
-                                             keypoint_patch_transform, l2_normalize, standardize_patches)
+from tfmatch.methods.geodesc.model import PATCH_SIZE, PatchDescriptorMethod, check_patch_batch
+from tfmatch.methods.geodesc.network import SIFT_SUPPORT_RADIUS, GeoDescTower, l2_normalize
 
 
 @keras.saving.register_keras_serializable(package="tfmatch.contextdesc")
-class ContextDesc(Method):
+class ContextDesc(PatchDescriptorMethod):
     """ContextDesc: GeoDesc local features + visual context + geometric context + matchability.
 
     Args:
@@ -51,8 +49,6 @@ class ContextDesc(Method):
     """
 
     loss_term_names = ("aug_loss", "raw_loss", "quad_loss")
-    endpoint = "describe"
-    input_channels = 1
 
     def __init__(self, descriptor_dim: int = 128, regional_dim: int = 2048, interpolation: str = "mean3",
                  regional_weights: str | None = None, keypoint_perturbation: float = 0.3, aug_weight: float = 1.0,
@@ -84,11 +80,8 @@ class ContextDesc(Method):
         # Used by describe only (training reads precomputed features), but built here so that checkpoints carry
         # the trunk the features were made with and export restores exactly it.
         self.regional_trunk = build_regional_trunk(regional_weights)
-        penalty = LinearPenalty(weight_decay)
-        self.temperature = self.add_weight(name="scale_temperature", shape=(),
-                                           initializer=keras.initializers.Constant(1.0), regularizer=penalty)
-        self.raw_temperature = self.add_weight(name="raw_scale_temperature", shape=(),
-                                               initializer=keras.initializers.Constant(1.0), regularizer=penalty)
+        self.temperature = self.add_temperature("scale_temperature")
+        self.raw_temperature = self.add_temperature("raw_scale_temperature")
         self.seed_generator = keras.random.SeedGenerator(seed, name="perturbation_seed")
         self.accuracy_tracker = keras.metrics.Mean(name="matching_accuracy")
         # Create every variable now (one dummy image pair of 3 keypoints), so checkpoints hold them all.
@@ -103,10 +96,7 @@ class ContextDesc(Method):
         return self.regional_trunk(preprocess_regional(images), training=False)
 
     def _local(self, patches, training):
-        shape = ops.shape(patches)
-        batch, num = shape[0], shape[1]
-        flat = standardize_patches(ops.cast(ops.reshape(patches, (-1, PATCH_SIZE, PATCH_SIZE, 1)), "float32"))
-        out = self.tower(flat, training=training)
+        out, batch, num = self.tower_outputs(patches, training=training)
         m_logit, m = self.matchability(out["conv5"], training=training)
         raw = ops.reshape(out["raw"], (batch, num, self.descriptor_dim))
         return raw, ops.reshape(m_logit, (batch, num)), ops.reshape(m, (batch, num))
@@ -155,8 +145,7 @@ class ContextDesc(Method):
         """Shape: images [B,H,W,1] 0..255, keypoints [B,N,4] (x, y, size, angle) -> descriptors [B,N,D].
 
         Context normalisation mixes all N keypoints of an image: pass only real keypoints (no padding)."""
-        patches = crop_patches(images, keypoint_patch_transform(keypoints, self.support_radius), PATCH_SIZE)
-        raw, _, m = self._local(patches, training=False)
+        raw, _, m = self._local(self.crop(images, keypoints), training=False)
         shape = ops.shape(images)
         xy = normalized_keypoint_xy(keypoints, shape[1], shape[2])
         regional = self.regional_features(images)
@@ -168,11 +157,9 @@ class ContextDesc(Method):
 
     def export_metadata(self):
         meta = super().export_metadata()
-        meta.update(descriptor_dim=self.descriptor_dim, patch_size=PATCH_SIZE, support_radius=self.support_radius,
-                    regional_features={"trunk": "ResNet-50 (keras.applications) up to conv5_block3_add",
+        meta.update(regional_features={"trunk": "ResNet-50 (keras.applications) up to conv5_block3_add",
                                        "computed": "inside the model from the input image", "stride": 32,
-                                       "dim": self.regional_dim, "weights": self.regional_weights or "none given"},
-                    detector=dict(SIFT_SETTINGS, max_keypoints=self.max_keypoints))
+                                       "dim": self.regional_dim, "weights": self.regional_weights or "none given"})
         return meta
 
     def get_config(self):

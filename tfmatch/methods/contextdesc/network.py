@@ -58,12 +58,17 @@ def _regularizer(weight_decay):
 def grid_cell_centres(height, width):
     """Cell centres of an h x w regional map in normalised coordinates: x = linspace(-1, 1, w), y likewise.
 
+    ``height`` and ``width`` may be symbolic (a SavedModel takes images of any size), which ``ops.linspace``
+    does not accept on the TensorFlow backend; hence ``-1 + 2 i / (n - 1)`` (-1 for n = 1, as linspace).
+
     Shape:
         returns: [h*w, 2] float32 (x, y), row-major over (y, x)
     """
-    xs = ops.linspace(-1.0, 1.0, width)
-    ys = ops.linspace(-1.0, 1.0, height)
-    gy, gx = ops.meshgrid(ys, xs, indexing="ij")
+    def axis(n):
+        i = ops.cast(ops.arange(n), "float32")
+        return -1.0 + 2.0 * i / ops.maximum(ops.cast(n, "float32") - 1.0, 1.0)
+
+    gy, gx = ops.meshgrid(axis(height), axis(width), indexing="ij")
     return ops.cast(ops.stack([ops.reshape(gx, (-1,)), ops.reshape(gy, (-1,))], axis=-1), "float32")
 
 

@@ -34,6 +34,44 @@ class LinearPenalty(keras.regularizers.Regularizer):
         return {"weight": self.weight}
 
 
+class PatchDescriptorMethod(Method):
+    """What GeoDesc and ContextDesc share: OpenCV keypoints -> 32x32 patches -> the GeoDesc tower.
+
+    A subclass sets ``self.tower`` (a ``GeoDescTower``), ``descriptor_dim``, ``weight_decay``,
+    ``support_radius`` and ``max_keypoints`` (the SIFT budget the evaluator is told in ``export_metadata``).
+    """
+
+    endpoint = "describe"
+    input_channels = 1
+
+    def add_temperature(self, name: str, learnt: bool = True):
+        """A softmax-loss temperature, initially 1; when learnt, TFMatch adds ``weight_decay * t`` to the loss."""
+        return self.add_weight(name=name, shape=(), initializer=keras.initializers.Constant(1.0), trainable=learnt,
+                               regularizer=LinearPenalty(self.weight_decay) if learnt else None)
+
+    def crop(self, images, keypoints):
+        """Patches around OpenCV keypoints. Shape: images [B,H,W,1], keypoints [B,N,4] -> [B,N,32,32,1]."""
+        return crop_patches(images, keypoint_patch_transform(keypoints, self.support_radius), PATCH_SIZE)
+
+    def tower_outputs(self, patches, training=False):
+        """Standardises raw patches and runs the tower on them, flattened.
+
+        Shape:
+            patches: [B, N, 32, 32, 1] float32 0..255
+            returns: ``(outputs, B, N)``; outputs as ``GeoDescTower`` over the B*N patches (``raw``,
+            ``descriptors`` [B*N, D], ``conv5`` [B*N, 8, 8, C])
+        """
+        shape = ops.shape(patches)
+        flat = ops.reshape(patches, (-1, PATCH_SIZE, PATCH_SIZE, 1))
+        return self.tower(standardize_patches(ops.cast(flat, "float32")), training=training), shape[0], shape[1]
+
+    def export_metadata(self):
+        meta = super().export_metadata()
+        meta.update(descriptor_dim=self.descriptor_dim, patch_size=PATCH_SIZE, support_radius=self.support_radius,
+                    detector=dict(SIFT_SETTINGS, max_keypoints=self.max_keypoints))
+        return meta
+
+
 def check_patch_batch(batch, keys=("patches0", "patches1", "num_inliers")):
     for key in keys:
         if key not in batch:
@@ -45,7 +83,7 @@ def check_patch_batch(batch, keys=("patches0", "patches1", "num_inliers")):
 
 
 @keras.saving.register_keras_serializable(package="tfmatch.geodesc")
-class GeoDesc(Method):
+class GeoDesc(PatchDescriptorMethod):
     """GeoDesc (Luo et al., ECCV 2018) as trained by TFMatch.
 
     Args:
@@ -62,8 +100,6 @@ class GeoDesc(Method):
     """
 
     loss_term_names = ("descriptor_loss",)
-    endpoint = "describe"
-    input_channels = 1
 
     def __init__(self, descriptor_dim: int = 128, loss_type: str = "LOG", weight_decay: float = 1e-4,
                  support_radius: float = SIFT_SUPPORT_RADIUS, max_keypoints: int = 8192, width: float = 1.0,
@@ -81,9 +117,7 @@ class GeoDesc(Method):
         self.max_keypoints = max_keypoints
         self.width = width
         self.tower = GeoDescTower(descriptor_dim, weight_decay, width, name="geodesc")
-        self.temperature = self.add_weight(
-            name="scale_temperature", shape=(), initializer=keras.initializers.Constant(1.0),
-            trainable=loss_type == "LOG", regularizer=LinearPenalty(weight_decay) if loss_type == "LOG" else None)
+        self.temperature = self.add_temperature("scale_temperature", learnt=loss_type == "LOG")
         self.accuracy_tracker = keras.metrics.Mean(name="matching_accuracy")
         # Create every variable now (one dummy patch), so that checkpoints and .keras files hold them all.
         self.tower(ops.zeros((1, PATCH_SIZE, PATCH_SIZE, 1)), training=False)
@@ -97,13 +131,11 @@ class GeoDesc(Method):
             patches: [B, N, 32, 32, 1] float32 0..255 (standardised here)
             returns: dict of ``raw [B,N,D]``, ``descriptors [B,N,D]``, ``conv5 [B,N,8,8,128 * width]``
         """
-        shape = ops.shape(patches)
-        flat = ops.reshape(patches, (-1, PATCH_SIZE, PATCH_SIZE, 1))
-        out = self.tower(standardize_patches(ops.cast(flat, "float32")), training=training)
+        out, batch, num = self.tower_outputs(patches, training=training)
         return {
-            "raw": ops.reshape(out["raw"], (shape[0], shape[1], self.descriptor_dim)),
-            "descriptors": ops.reshape(out["descriptors"], (shape[0], shape[1], self.descriptor_dim)),
-            "conv5": ops.reshape(out["conv5"], (shape[0], shape[1], 8, 8, out["conv5"].shape[-1])),
+            "raw": ops.reshape(out["raw"], (batch, num, self.descriptor_dim)),
+            "descriptors": ops.reshape(out["descriptors"], (batch, num, self.descriptor_dim)),
+            "conv5": ops.reshape(out["conv5"], (batch, num, 8, 8, out["conv5"].shape[-1])),
         }
 
     def call(self, batch, training=False):
@@ -120,19 +152,9 @@ class GeoDesc(Method):
                                                           self.temperature)}
 
     # ---------------------------------------------------------------------------------------------------------
-    def crop(self, images, keypoints):
-        """Patches around OpenCV keypoints. Shape: images [B,H,W,1], keypoints [B,N,4] -> [B,N,32,32,1]."""
-        return crop_patches(images, keypoint_patch_transform(keypoints, self.support_radius), PATCH_SIZE)
-
     def describe(self, images, keypoints):
         patches = self.crop(images, keypoints)
         return {"descriptors": self.describe_patches(patches, training=False)["descriptors"]}
-
-    def export_metadata(self):
-        meta = super().export_metadata()
-        meta.update(descriptor_dim=self.descriptor_dim, patch_size=PATCH_SIZE, support_radius=self.support_radius,
-                    detector=dict(SIFT_SETTINGS, max_keypoints=self.max_keypoints))
-        return meta
 
     def get_config(self):
         config = super().get_config()
