@@ -180,3 +180,21 @@ def test_export_labels_resumes_and_feeds_superpoint_pairs(tmp_path):
     single = next(iter(image_folder_dataset("train", 2, image_dir=images, label_dir=labels, image_size=(32, 48),
                                             validation_fraction=0.0, pairs=False)))
     assert set(single) == {"image", "keypoint_map", "valid_mask"}
+
+
+def test_photo_folder_is_deterministic_complete_and_readable_by_the_pipeline(tmp_path):
+    import cv2
+
+    from data_tools.make_photo_folder import write_folder
+    from data_tools.superpoint_export_labels import list_images
+
+    out = tmp_path / "photos"
+    assert write_folder(str(out), count=5, height=48, width=64, seed=3) == 5
+    names = list_images(str(out))
+    assert len(names) == 5 and (out / ".complete").is_file()
+    first = cv2.imread(str(out / names[0]))
+    assert first.shape == (48, 64, 3) and first.std() > 5  # a photograph, not a blank
+    assert write_folder(str(out), count=5, height=48, width=64, seed=3) == 0  # complete: left alone
+    again = tmp_path / "again"
+    write_folder(str(again), count=5, height=48, width=64, seed=3)
+    np.testing.assert_array_equal(cv2.imread(str(again / names[0])), first)
