@@ -1,7 +1,9 @@
 """tfmatch.data.gl3d: the batch contract, geometry through the pipeline, determinism, sharding, bad input."""
 
+import itertools
 import os
 
+import cv2
 import gin
 import numpy as np
 import pytest
@@ -135,6 +137,88 @@ def test_photometric_augmentation():
     np.testing.assert_allclose(kernels.sum(axis=(1, 2)), 1.0, rtol=1e-6)
     np.testing.assert_allclose(kernels[1, 1], [np.exp(-1 / 1.125), 1, np.exp(-1 / 1.125)] /
                                (1 + 2 * np.exp(-1 / 1.125)), rtol=1e-6)  # horizontal, variance 9/16
+
+
+def _photometric_reference(image, delta, factor, kernel_index, order):
+    """TFMatch's photometric ops in numpy/OpenCV (the original's filter2D with its default reflect-101 border)."""
+    x = image[..., 0]
+    for op in order:
+        if op == 0:
+            x = np.clip(x + delta, 0.0, 255.0)
+        elif op == 1:
+            x = np.clip((x - x.mean()) * factor + x.mean(), 0.0, 255.0)
+        else:
+            x = cv2.filter2D(x, -1, gl3d._motion_blur_kernels()[kernel_index], borderType=cv2.BORDER_REFLECT_101)
+    return np.clip(x, 0.0, 255.0)[..., None]
+
+
+def test_photometric_ops_match_opencv_for_every_kernel_and_order():
+    image = np.random.default_rng(1).uniform(0, 255, (23, 31, 1)).astype(np.float32)
+    for kernel_index, order in itertools.product(range(5), itertools.permutations(range(3))):
+        out = gl3d.apply_photometric(tf.constant(image), 30.0, 1.4, kernel_index, list(order)).numpy()
+        np.testing.assert_allclose(out, _photometric_reference(image, 30.0, 1.4, kernel_index, order), atol=1e-3,
+                                   err_msg=f"kernel {kernel_index}, order {order}")
+
+
+def test_photometric_parameters_follow_tfmatch_distributions():
+    params = [gl3d.photometric_parameters(tf.constant([7, s], tf.int64)) for s in range(600)]
+    kernels = np.bincount([int(p["kernel_index"]) for p in params], minlength=5) / len(params)
+    assert abs(kernels[0] - 0.5) < 0.07 and np.all(np.abs(kernels[1:] - 0.125) < 0.05), kernels
+    assert {tuple(p["order"].numpy()) for p in params} == set(itertools.permutations(range(3)))
+    delta, factor = np.array([[float(p["delta"]), float(p["factor"])] for p in params]).T
+    assert -50 <= delta.min() < -40 and 40 < delta.max() <= 50
+    assert 0.3 <= factor.min() < 0.4 and 1.4 < factor.max() <= 1.5
+    again = gl3d.photometric_parameters(tf.constant([7, 0], tf.int64))
+    assert all(np.array_equal(again[k], params[0][k]) for k in again)
+
+
+def _python_ops(ds):
+    graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())
+    ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+    return sorted({op for op in ops if op in ("PyFunc", "PyFuncStateless", "EagerPyFunc")})
+
+
+def test_dense_pipeline_has_no_python_ops_and_any_thread_count_gives_the_same_batches(gl3d_root):
+    """Python in a map holds the GIL and serialises the parallel calls: the dense pipeline must be TF ops only."""
+    def make():
+        return gl3d.gl3d_dense_dataset("train", 2, gl3d_root=gl3d_root, image_size=64, num_corr=16, seed=5)
+
+    assert _python_ops(make()) == []
+    assert _python_ops(gl3d.gl3d_pair_dataset("train", gl3d_root)) == []
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    one_thread, default = _first(make().with_options(options), 3), _first(make(), 3)
+    for x, y in zip(one_thread, default):
+        for key in DENSE_KEYS:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_loaders_read_what_numpy_and_opencv_read(gl3d_root, tmp_path):
+    sample = next(iter(gl3d.gl3d_pair_dataset("test", gl3d_root)))
+    image_path, depth_path = sample["image_path0"].numpy().decode(), sample["depth_path0"].numpy().decode()
+    image = gl3d.load_gray_image(tf.constant(image_path)).numpy()
+    # The JPEG's luma plane, as TFMatch's decode_jpeg(channels=1); OpenCV converts the decoded colours instead.
+    np.testing.assert_array_equal(image, tf.io.decode_jpeg(tf.io.read_file(image_path), channels=1).numpy())
+    opencv = cv2.imread(image_path, cv2.IMREAD_GRAYSCALE)[..., None]
+    assert image.dtype == np.uint8 and image.shape == opencv.shape
+    assert np.abs(image.astype(int) - opencv).mean() < 2.0
+    depth = gl3d_io.read_pfm(depth_path)
+    np.testing.assert_array_equal(gl3d.load_depth(tf.constant(depth_path)).numpy(), depth)
+    # Big-endian (positive scale) and 3-channel PF files: channel 0, rows flipped to top-down.
+    h, w = depth.shape
+    rgb = np.stack([depth, depth + 1, depth + 2], -1)
+    big = tmp_path / "big.pfm"
+    big.write_bytes(f"PF\n{w} {h}\n1.0\n".encode() + np.ascontiguousarray(rgb[::-1], ">f4").tobytes())
+    np.testing.assert_array_equal(gl3d.load_depth(tf.constant(str(big))).numpy(), depth)
+    bad = {"nan.pfm": (b"Pf\n2 1\n-1.0\n" + np.array([1.0, np.nan], "<f4").tobytes(), "depth contains NaN or Inf"),
+           "short.pfm": (b"Pf\n2 1\n-1.0\n" + np.array([1.0], "<f4").tobytes(),
+                         "truncated PFM, 2x1x1 needs 8 bytes of data, file has 4"),
+           "size.pfm": (b"Pf\n2 x\n-1.0\n" + bytes(8), "malformed PFM size line"),
+           "magic.pfm": (b"P6\n2 1\n255\n" + bytes(6), "not a PFM file")}
+    for name, (payload, message) in bad.items():
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"{tmp_path / name}: {message}"):
+            gl3d.load_depth(tf.constant(str(tmp_path / name)))
 
 
 def test_bad_input_errors_name_the_file(gl3d_root, gl3d_copy):

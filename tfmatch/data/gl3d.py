@@ -9,13 +9,15 @@ split marker it writes records ``num_corr``, so the record size is never guessed
 
 Both are deterministic for a given seed: shuffling uses the seed, and every sample carries a stateless
 ``sample_seed`` drawn from (seed, input pipeline, position in the stream) for its augmentation.
+
+Reading, decoding, resizing and augmentation are TF ops only (no ``numpy_function``/``py_function``): Python code
+in a map holds the GIL, so the parallel map calls would queue for it and the pipeline would not scale with cores.
 """
 
 from __future__ import annotations
 
 import os
 
-import cv2
 import gin
 import numpy as np
 import tensorflow as tf
@@ -74,40 +76,66 @@ def list_match_sets(gl3d_root: str, data_split: str = "gl3d", subset: str = "tra
     return files, num_corr
 
 
-def _read_gray_image(path) -> np.ndarray:
-    path = path.decode() if isinstance(path, bytes) else str(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise GL3DFormatError(f"{path}: cannot read image ({err.strerror})") from None
-    if path.lower().endswith((".jpg", ".jpeg")):
-        # libjpeg only warns about a missing end marker and returns a grey-filled image: check it ourselves.
-        if not data.startswith(b"\xff\xd8") or b"\xff\xd9" not in data[-1024:]:
-            raise GL3DFormatError(f"{path}: corrupt or truncated JPEG (no start or end marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise GL3DFormatError(f"{path}: cannot decode image")
-    return image[..., None]
+def _checked(value: tf.Tensor, condition: tf.Tensor, message: tf.Tensor) -> tf.Tensor:
+    """``value`` once ``condition`` holds, else InvalidArgumentError with ``message`` (a string naming the file)."""
+    with tf.control_dependencies([tf.debugging.Assert(condition, [message])]):
+        return tf.identity(value)
 
 
-def _read_depth(path) -> np.ndarray:
-    path = path.decode() if isinstance(path, bytes) else str(path)
-    depth = gl3d_io.read_pfm(path)
-    if not np.all(np.isfinite(depth)):
-        raise GL3DFormatError(f"{path}: depth contains NaN or Inf")
-    return depth
+def _with_path(path: tf.Tensor, *parts) -> tf.Tensor:
+    return tf.strings.join([path, ": "] + [p if isinstance(p, str) else tf.strings.as_string(p) for p in parts])
 
 
 def load_gray_image(path: tf.Tensor) -> tf.Tensor:
-    """Decodes an image file to ``[H, W, 1] uint8``; a corrupt file raises an error naming it."""
-    image = tf.numpy_function(_read_gray_image, [path], tf.uint8, stateful=False)
+    """Decodes an image file to ``[H, W, 1] uint8`` (a JPEG's luma plane, as TFMatch's ``decode_jpeg(channels=1)``).
+
+    A missing file, or a ``.jpg``/``.jpeg`` without JPEG start or end markers (truncated), raises an error naming the
+    file; a JPEG damaged inside, which libjpeg rejects, raises TensorFlow's "Invalid JPEG data" without the name.
+    """
+    data = tf.io.read_file(path)
+    # libjpeg only warns about a missing end marker and returns a grey-filled image: check the markers ourselves.
+    tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(tf.strings.length(data) - 1024, 0), 1024), tf.uint8)
+    has_end = tf.reduce_any((tail[:-1] == 0xFF) & (tail[1:] == 0xD9))
+    is_jpeg_name = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.jpe?g")
+    jpeg_ok = tf.logical_and(tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"), has_end)  # SOI + a marker
+    data = _checked(data, tf.logical_or(tf.logical_not(is_jpeg_name), jpeg_ok),
+                    _with_path(path, "corrupt or truncated JPEG (no start or end marker)"))
+    image = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
     return tf.ensure_shape(image, [None, None, 1])
 
 
+_PFM_NUMBER = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+
+
 def load_depth(path: tf.Tensor) -> tf.Tensor:
-    """Reads a PFM depth map, flipped to top-down rows: ``[h, w] float32``, 0 = no depth."""
-    depth = tf.numpy_function(_read_depth, [path], tf.float32, stateful=False)
+    """Reads a PFM depth map (``Pf``, or channel 0 of ``PF``), flipped to top-down rows as TFMatch's ``load_pfm``:
+    ``[h, w] float32``, 0 = no depth. A malformed or truncated file, or NaN/Inf depth, raise an error naming it.
+    """
+    data = tf.io.read_file(path)
+    # Header: "Pf\n<w> <h>\n<scale>\n" (scale < 0: little-endian), then the rows bottom-up.
+    lines = tf.strings.split(tf.strings.substr(data, 0, 256), "\n", maxsplit=3)
+    lines = tf.concat([lines, ["", "", ""]], 0)  # a short file fails the checks below instead of the indexing
+    magic = tf.strings.strip(lines[0])
+    is_pfm = (tf.size(lines) >= 7) & ((magic == "Pf") | (magic == "PF"))
+    size_line = _checked(lines[1], is_pfm, _with_path(path, "not a PFM file"))
+    size_line = _checked(size_line, tf.strings.regex_full_match(size_line, r"\d+\s+\d+\s*"),
+                         _with_path(path, "malformed PFM size line"))
+    width_height = tf.strings.to_number(tf.strings.split(tf.strings.strip(size_line)), tf.int32)
+    width, height = width_height[0], width_height[1]
+    scale_line = tf.strings.strip(lines[2])
+    scale_line = _checked(scale_line, tf.strings.regex_full_match(scale_line, _PFM_NUMBER),
+                          _with_path(path, "malformed PFM scale line"))
+    channels = tf.where(magic == "PF", 3, 1)
+    header_bytes = tf.strings.length(lines[0]) + tf.strings.length(lines[1]) + tf.strings.length(lines[2]) + 3
+    expected, available = width * height * channels * 4, tf.strings.length(data) - header_bytes
+    body = _checked(tf.strings.substr(data, header_bytes, expected), available >= expected,
+                    _with_path(path, "truncated PFM, ", width, "x", height, "x", channels, " needs ", expected,
+                               " bytes of data, file has ", available))
+    values = tf.cond(tf.strings.to_number(scale_line) < 0,
+                     lambda: tf.io.decode_raw(body, tf.float32, little_endian=True),
+                     lambda: tf.io.decode_raw(body, tf.float32, little_endian=False))
+    depth = tf.reverse(tf.reshape(values, [height, width, channels])[:, :, 0], axis=[0])  # stored bottom row first
+    depth = _checked(depth, tf.reduce_all(tf.math.is_finite(depth)), _with_path(path, "depth contains NaN or Inf"))
     return tf.ensure_shape(depth, [None, None])
 
 
@@ -163,6 +191,21 @@ def gl3d_pair_dataset(split: str, gl3d_root: str, data_split: str = "gl3d", num_
     ``depth0, depth1 [h, w] float32`` (as stored: 250x250, 0 = no depth), ``image_path0/1, depth_path0/1 []
     string``, ``sample_seed [2] int64`` (a stateless seed for this sample's augmentation).
     """
+    def load_full_resolution(sample):
+        for k in ("0", "1"):
+            sample["image" + k] = tf.cast(load_gray_image(sample["image_path" + k]), tf.float32)
+            sample["depth" + k] = load_depth(sample["depth_path" + k])
+        return sample
+
+    return _map_pairs(load_full_resolution, split, gl3d_root, data_split, num_corr, seed, input_context, shuffle,
+                      repeat, min_rotation_deg, max_orientation_change_deg, num_parallel_calls)
+
+
+def _map_pairs(load, split, gl3d_root, data_split, num_corr, seed, input_context, shuffle, repeat,
+               min_rotation_deg, max_orientation_change_deg, num_parallel_calls) -> tf.data.Dataset:
+    """The match-set records of ``split`` (arguments of ``gl3d_pair_dataset``) mapped by ``load(sample)``, one
+    parallel map for record parsing and pixels; ``sample``: the fields of ``parse_match_set_record``,
+    ``image_path0/1, depth_path0/1`` and ``sample_seed``."""
     subset = _subset(split)
     files, file_num_corr = list_match_sets(gl3d_root, data_split, subset, min_rotation_deg,
                                            max_orientation_change_deg)
@@ -192,13 +235,10 @@ def gl3d_pair_dataset(split: str, gl3d_root: str, data_split: str = "gl3d", num_
     def parse(position, record):
         sample = parse_match_set_record(record, file_num_corr, num_corr)
         for k in ("0", "1"):
-            index = sample["index" + k]
-            sample["image_path" + k] = tf.gather(image_paths, index)
-            sample["depth_path" + k] = tf.gather(depth_paths, index)
-            sample["image" + k] = tf.cast(load_gray_image(sample["image_path" + k]), tf.float32)
-            sample["depth" + k] = load_depth(sample["depth_path" + k])
+            sample["image_path" + k] = tf.gather(image_paths, sample["index" + k])
+            sample["depth_path" + k] = tf.gather(depth_paths, sample["index" + k])
         sample["sample_seed"] = tf.stack([stream_seed, position])
-        return sample
+        return load(sample)
 
     ds = records.enumerate().map(parse, num_parallel_calls=num_parallel_calls, deterministic=True)
     options = tf.data.Options()
@@ -227,35 +267,76 @@ def _motion_blur_kernels() -> np.ndarray:
     return _BLUR_KERNELS
 
 
-def _augment_numpy(image: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    rng = np.random.default_rng([int(x) & 0xFFFFFFFFFFFFFFFF for x in seed])
-    delta = rng.uniform(-50.0, 50.0)
-    factor = rng.uniform(0.3, 1.5)
-    kernel_index = rng.integers(0, 2) * (1 + rng.integers(0, 4))  # 0: size 1; 1..4: size 3, h / v / diagonals
-    x = image[..., 0]
-    for op in rng.permutation(3):
-        if op == 0:  # brightness
-            x = np.clip(x + delta, 0.0, 255.0)
-        elif op == 1:  # contrast, around the image mean
-            mean = x.mean()
-            x = np.clip((x - mean) * factor + mean, 0.0, 255.0)
-        else:  # motion blur, OpenCV's default border as the original
-            x = cv2.filter2D(x, -1, _motion_blur_kernels()[kernel_index], borderType=cv2.BORDER_REFLECT_101)
-    return np.clip(x, 0.0, 255.0).astype(np.float32)[..., None]
+def photometric_parameters(seed: tf.Tensor) -> dict:
+    """Draws the parameters of ``photometric_augment`` from a stateless ``seed [2]`` (int32 or int64).
+
+    Returns ``delta []`` (brightness, U(-50, 50)), ``factor []`` (contrast, U(0.3, 1.5)), ``kernel_index [] int32``
+    (row of ``_motion_blur_kernels()``: 0 = kernel size 1 with probability 1/2, else one of the 4 directions) and
+    ``order [3] int32`` (a uniform permutation of brightness 0, contrast 1, blur 2).
+    """
+    u = tf.random.stateless_uniform([7], seed)
+    blur = tf.cast(u[2] < 0.5, tf.int32)  # TFMatch: kernel size randint(0, 2) * 2 + 1
+    direction = tf.minimum(tf.cast(u[3] * 4.0, tf.int32), 3)
+    return {"delta": u[0] * 100.0 - 50.0, "factor": u[1] * 1.2 + 0.3, "kernel_index": blur * (1 + direction),
+            "order": tf.argsort(u[4:])}
+
+
+def _correlate_3x3(image: tf.Tensor, kernel: np.ndarray) -> tf.Tensor:
+    """OpenCV's ``filter2D`` with a constant 3x3 ``kernel`` and its default border (reflect-101), as a sum of the
+    kernel's non-zero taps over shifted slices: in a tf.data map this is several times faster than a one-channel
+    ``conv2d`` or ``depthwise_conv2d`` (a motion-blur line has 3 taps of 9).
+
+    Shape: ``image [H, W, C]`` -> ``[H, W, C]``.
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    padded = tf.pad(image, [[1, 1], [1, 1], [0, 0]], mode="REFLECT")  # TF's REFLECT is OpenCV's reflect-101
+    out = None
+    for ky, kx in zip(*np.nonzero(kernel)):
+        tap = float(kernel[ky, kx]) * padded[ky:ky + height, kx:kx + width]
+        out = tap if out is None else out + tap
+    return out
+
+
+def apply_photometric(image: tf.Tensor, delta: tf.Tensor, factor: tf.Tensor, kernel_index: tf.Tensor,
+                      order: tf.Tensor) -> tf.Tensor:
+    """Brightness (+ delta), contrast (around the image mean, times factor) and motion blur (3x3 kernel
+    ``_motion_blur_kernels()[kernel_index]``, OpenCV's default border reflect-101 as the original) in ``order``,
+    each followed by clipping to [0, 255].
+
+    Shape: ``image [H, W, 1] float32`` -> ``[H, W, 1]``.
+    """
+    kernels = _motion_blur_kernels()
+    kernel_index, order = tf.convert_to_tensor(kernel_index, tf.int32), tf.convert_to_tensor(order, tf.int32)
+
+    def brightness(x):
+        return tf.clip_by_value(x + delta, 0.0, 255.0)
+
+    def contrast(x):
+        mean = tf.reduce_mean(x)
+        return tf.clip_by_value((x - mean) * factor + mean, 0.0, 255.0)
+
+    def blur(x):
+        # Index 0 is the identity (kernel size 1, half the draws): nothing to compute.
+        lines = [lambda k=k: tf.clip_by_value(_correlate_3x3(x, kernels[k]), 0.0, 255.0)
+                 for k in range(1, len(kernels))]
+        return tf.switch_case(kernel_index, [lambda: x] + lines)
+
+    x = tf.cast(image, tf.float32)
+    for step in range(3):
+        x = tf.switch_case(order[step], [lambda x=x: brightness(x), lambda x=x: contrast(x), lambda x=x: blur(x)])
+    return tf.ensure_shape(x, image.shape)
 
 
 def photometric_augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """TFMatch's photometric augmentation: brightness (+-50), contrast ([0.3, 1.5]) and motion blur (kernel 1 or
     3, one of 4 directions) in a random order, each followed by clipping to [0, 255].
 
-    Deterministic: the parameters come from a numpy generator seeded by ``seed``. The pixels are processed by
-    OpenCV/numpy, several times faster on CPU than the equivalent TF ops in a tf.data map.
+    Deterministic: the parameters come from ``photometric_parameters(seed)``. TF ops only (no numpy_function),
+    so parallel map calls do not queue for the GIL.
 
     Shape: ``image [H, W, 1] float32`` in 0..255, ``seed [2] int64`` -> ``[H, W, 1]``.
     """
-    out = tf.numpy_function(_augment_numpy, [tf.cast(image, tf.float32), tf.cast(seed, tf.int64)], tf.float32,
-                            stateful=False)
-    return tf.ensure_shape(out, image.shape)
+    return apply_photometric(image, **photometric_parameters(seed))
 
 
 def scale_intrinsics_to_grid(K: tf.Tensor, image_size: tf.Tensor, grid_size: int) -> tf.Tensor:
@@ -293,25 +374,27 @@ def gl3d_dense_dataset(split: str, global_batch_size: int, input_context: tf.dis
     batch_size = (input_context.get_per_replica_batch_size(global_batch_size) if input_context is not None
                   else global_batch_size)
     augment = photometric_augmentation and _subset(split) == "train"
-    pairs = gl3d_pair_dataset(split, gl3d_root, data_split, num_corr, seed, input_context,
-                              min_rotation_deg=min_rotation_deg,
-                              max_orientation_change_deg=max_orientation_change_deg,
-                              num_parallel_calls=num_parallel_calls)
 
     def to_dense(sample):
         out = {}
         seeds = tf.random.experimental.stateless_split(sample["sample_seed"], 2)
         for i, k in enumerate(("0", "1")):
-            image = resize_bilinear_legacy(sample["image" + k], image_size)
+            # Decoded at full size: libjpeg's half-size decode (ratio 2) saves only 5-10 % of the decode (the
+            # entropy decoding dominates), and it shifts pixels by a quarter output pixel; the resampler that undoes
+            # the shift exactly (crop_and_resize) costs more than the decode saves (docs/benchmarks.md, GL3D).
+            image = resize_bilinear_legacy(tf.cast(load_gray_image(sample["image_path" + k]), tf.float32),
+                                           image_size)
             if augment:
                 image = photometric_augment(image, seeds[i])
             out["image" + k] = image
-            out["depth" + k] = resize_bilinear_legacy(sample["depth" + k][..., None], image_size)[..., 0]
+            depth = load_depth(sample["depth_path" + k])
+            out["depth" + k] = resize_bilinear_legacy(depth[..., None], image_size)[..., 0]
             out["K" + k] = scale_intrinsics_to_grid(sample["K" + k], sample["image_size" + k], image_size)
             out["keypoints" + k] = affine_to_grid_points(sample["kpt_affine" + k], image_size)
         for key in ("R_0to1", "t_0to1", "essential", "num_inliers"):
             out[key] = sample[key]
         return out
 
-    ds = pairs.map(to_dense, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = _map_pairs(to_dense, split, gl3d_root, data_split, num_corr, seed, input_context, None, None,
+                    min_rotation_deg, max_orientation_change_deg, num_parallel_calls)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
