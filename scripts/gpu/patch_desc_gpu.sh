@@ -1,28 +1,34 @@
 #!/bin/sh
-# GeoDesc and ContextDesc on one GPU with the JAX backend (issue 7, item 6), under 8 minutes in all:
+# GeoDesc and ContextDesc on one GPU with the JAX backend (issue 7, item 6):
 #   1. a synthetic GL3D set (6 scenes x 8 images), its match sets and regional features;
-#   2. trains GeoDesc and ContextDesc for TRAIN_SECONDS each (default 150) with the recipe's optimiser, and
-#      measures training patch pairs per second (after the first, compiling, steps);
+#   2. trains each method of METHODS (default "GeoDesc ContextDesc", one after the other; METHODS="" only
+#      prepares the data, so that two runs with one method each can then share the GPU) for TRAIN_SECONDS
+#      (default 300) with the recipe's optimiser, and measures training patch pairs per second (after the
+#      first, compiling, steps);
 #   3. evaluates both next to SIFT on ../shared/data/hpatches-format: the SAME OpenCV SIFT keypoints
 #      (4000 strongest) for all three, mutual nearest neighbours, share of matches within 1/3/5 px (MMA).
-# Results: $OUT/patch_desc_gpu.json and $OUT/patch_desc_gpu.md (paste into docs/benchmarks.md).
+# Results: $OUT/patch_desc_gpu[_TAG].json and .md (paste into docs/benchmarks.md); TAG defaults to empty.
 #   OUT=/tmp/out HPATCHES=../shared/data/hpatches-format sh scripts/gpu/patch_desc_gpu.sh
 set -eu
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/patch_desc_gpu}
 HPATCHES=${HPATCHES:-../shared/data/hpatches-format}
-TRAIN_SECONDS=${TRAIN_SECONDS:-150}
+TRAIN_SECONDS=${TRAIN_SECONDS:-300}
+METHODS=${METHODS-GeoDesc ContextDesc}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_PREALLOCATE=false
 mkdir -p "$OUT"
 GL3D=${GL3D_ROOT:-$OUT/synthetic_gl3d}
-if [ ! -f "$GL3D/.synthetic_gl3d.complete" ] && [ -z "${GL3D_ROOT:-}" ]; then
-    "$PY" -m data_tools.make_synthetic_gl3d --out "$GL3D" --scenes 6 --images_per_scene 8 --workers 8
+if [ -z "${SKIP_PREP:-}" ]; then  # SKIP_PREP=1: an earlier METHODS="" run prepared the data
+    if [ ! -f "$GL3D/.synthetic_gl3d.complete" ] && [ -z "${GL3D_ROOT:-}" ]; then
+        "$PY" -m data_tools.make_synthetic_gl3d --out "$GL3D" --scenes 6 --images_per_scene 8 --workers 8
+    fi
+    "$PY" -m data_tools.gl3d_match_sets --gl3d "$GL3D" --split gl3d --workers 8 --noprogress
+    "$PY" -m data_tools.extract_regional_features --gl3d "$GL3D" --split gl3d --batch_size 16
 fi
-"$PY" -m data_tools.gl3d_match_sets --gl3d "$GL3D" --split gl3d --workers 8 --noprogress
-"$PY" -m data_tools.extract_regional_features --gl3d "$GL3D" --split gl3d --batch_size 16
-exec "$PY" - "$GL3D" "$HPATCHES" "$OUT" "$TRAIN_SECONDS" <<'EOF'
+[ -n "$METHODS" ] || exit 0
+exec "$PY" - "$GL3D" "$HPATCHES" "$OUT" "$TRAIN_SECONDS" "$METHODS" "${TAG:-}" <<'EOF'
 import json, os, platform, sys, time
 
 import tensorflow as tf
@@ -38,7 +44,9 @@ from tfmatch.methods.contextdesc import ContextDesc
 from tfmatch.methods.geodesc import GeoDesc
 
 gl3d, hpatches, out, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+methods, tag = sys.argv[5].split(), (f"_{sys.argv[6]}" if sys.argv[6] else "")
 ROWS, BATCH = 1024, 2
+WARM_STEPS = int(os.environ.get("WARM_STEPS", "20"))  # steps left out of the rate (compilation, warm-up)
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -48,7 +56,7 @@ class TimeLimit(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if self.steps == 20:  # compile and warm-up done
+        if self.steps == WARM_STEPS:  # compile and warm-up done
             self.t_warm, self.steps_warm = time.time(), self.steps
         if self.t_warm and time.time() - self.t_warm > self.seconds:
             self.model.stop_training = True
@@ -106,23 +114,23 @@ def evaluate(models):
 
 report = {"machine": f"{jax.devices()[0].device_kind}, {platform.node()}", "backend": keras.backend.backend(),
           "date": time.strftime("%Y-%m-%d"), "train_seconds_each": seconds, "gl3d": gl3d}
-geodesc = GeoDesc()
-report["geodesc_train"] = train(geodesc, regional=False)
-contextdesc = ContextDesc()  # random ResNet-50 trunk unless weights are given: visual context is noise here
-report["contextdesc_train"] = train(contextdesc, regional=True)
-report["hpatches"] = evaluate({"GeoDesc": geodesc, "ContextDesc": contextdesc})
-with open(os.path.join(out, "patch_desc_gpu.json"), "w") as f:
+# ContextDesc: regional features from a random ResNet-50 trunk unless weights are given: visual context is noise.
+models = {name: {"GeoDesc": GeoDesc, "ContextDesc": ContextDesc}[name]() for name in methods}
+for name, model in models.items():
+    report[name.lower() + "_train"] = train(model, regional=(name == "ContextDesc"))
+report["hpatches"] = evaluate(models)
+with open(os.path.join(out, f"patch_desc_gpu{tag}.json"), "w") as f:
     json.dump(report, f, indent=1)
 lines = [f"machine: {report['machine']}; backend {report['backend']}; {report['date']}", "",
          "| method | train steps | patch pairs/s | " + " | ".join(
              f"{s} MMA@3 1-2..1-6" for s in sorted(report["hpatches"]["SIFT"])) + " |",
          "|---" * (3 + len(report["hpatches"]["SIFT"])) + "|"]
-for name in ("SIFT", "GeoDesc", "ContextDesc"):
+for name in ("SIFT", *models):
     tr = report.get(name.lower() + "_train", {})
     cells = [" ".join(f"{p['mma@1/3/5'][1]:.2f}" for p in report["hpatches"][name][s])
              for s in sorted(report["hpatches"][name])]
     lines.append(f"| {name} | {tr.get('steps', '-')} | {tr.get('pairs_per_s', '-')} | " + " | ".join(cells) + " |")
-with open(os.path.join(out, "patch_desc_gpu.md"), "w") as f:
+with open(os.path.join(out, f"patch_desc_gpu{tag}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
