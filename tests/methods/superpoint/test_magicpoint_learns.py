@@ -44,12 +44,14 @@ def test_detection_pr_known_answer():
 def test_magicpoint_training_improves_corner_detection():
     import keras
 
+    keras.utils.set_random_seed(0)  # shuffling and the label noise draw from the global seeds
     train, held_out = _arrays("train", 384), _arrays("test", 64)
     model = MagicPoint(encoder_channels=(8, 8, 16, 16), head_channels=32, max_keypoints=40,
                        detection_threshold=0.001, dustbin_bias=5.0, seed=0)
     before = _evaluate(model, held_out)
     model.compile(optimizer=keras.optimizers.Adam(5e-3), jit_compile=False)
-    model.fit(train, batch_size=16, epochs=10, verbose=0, shuffle=True)  # 240 steps
+    # 480 steps: at 240 the margin was so thin that newer package versions (2026-11-25) failed the test.
+    model.fit(train, batch_size=16, epochs=20, verbose=0, shuffle=True)
     after = _evaluate(model, held_out)
     print("before", before, "after", after)
     assert after["precision"] > 2 * before["precision"] + 0.05, (before, after)
