@@ -126,6 +126,19 @@ def test_resize_bilinear_legacy_known_values():
     np.testing.assert_allclose(out[1, 1], 3.0)
 
 
+@pytest.mark.parametrize("size_in, size_out", [((60, 80), (240, 320)), ((120, 160), (240, 320)),
+                                               ((240, 320), (240, 320)), ((1, 5), (3, 15)), ((61, 79), (240, 320))])
+def test_resize_bilinear_legacy_equals_tf1_on_both_paths(size_in, size_out):
+    """Integer factors (the three ASLFeat levels when H and W are multiples of 4) take the gather-free path, other
+    sizes the gather path: both must equal TF1's resize_bilinear (align_corners=False, no half-pixel centres)."""
+    import tensorflow as tf
+
+    maps = np.random.default_rng(0).standard_normal((2, *size_in)).astype(np.float32)
+    expected = tf.compat.v1.image.resize_bilinear(maps[..., None], size_out, align_corners=False,
+                                                  half_pixel_centers=False).numpy()[..., 0]
+    np.testing.assert_allclose(np.asarray(resize_bilinear_legacy(maps, *size_out)), expected, atol=1e-5)
+
+
 def test_edge_mask_and_subpixel_on_a_blob():
     ys, xs = np.mgrid[0:15, 0:15].astype(np.float32)
     blob = np.exp(-((xs - 7.3) ** 2 + (ys - 6.8) ** 2) / 8.0)[None]

@@ -155,6 +155,12 @@ def resize_bilinear_legacy(maps, height, width):
         maps: [B, h, w] -> [B, height, width]
     """
     shape = ops.shape(maps)
+    factors = [size_out // size_in if isinstance(size_in, int) and isinstance(size_out, int) and size_in > 0
+               and size_out % size_in == 0 else None for size_in, size_out in ((shape[1], height), (shape[2], width))]
+    if None not in factors:
+        # Static integer factors (every level when H and W are multiples of 4): the same values from repeats and
+        # shifted copies, without the gathers, which made up much of a training step on GPU (docs/benchmarks.md).
+        return _upsample_by_integer_factor(_upsample_by_integer_factor(maps, factors[0], 1), factors[1], 2)
 
     def axis_weights(size_in, size_out):
         scale = ops.cast(size_in, "float32") / ops.cast(size_out, "float32")
@@ -169,6 +175,26 @@ def resize_bilinear_legacy(maps, height, width):
     x0, x1, fx = axis_weights(shape[2], width)
     rows = ops.take(maps, y0, axis=1) * (1 - fy)[None, :, None] + ops.take(maps, y1, axis=1) * fy[None, :, None]
     return ops.take(rows, x0, axis=2) * (1 - fx)[None, None, :] + ops.take(rows, x1, axis=2) * fx[None, None, :]
+
+
+def _upsample_by_integer_factor(maps, factor: int, axis: int):
+    """``resize_bilinear_legacy`` along one axis by an integer factor f: output i = (1 - t) in[i // f] +
+    t in[min(i // f + 1, n - 1)] with t = (i % f) / f. Shape: [..., n, ...] -> [..., n * f, ...] on ``axis``."""
+    if factor == 1:
+        return maps
+    n = maps.shape[axis]
+
+    def part(start, stop):  # a slice along ``axis`` (static, so no gather)
+        index = [slice(None)] * len(maps.shape)
+        index[axis] = slice(start, stop)
+        return maps[tuple(index)]
+
+    # Each input's right neighbour; the last one's is clamped to itself.
+    shifted = ops.concatenate([part(1, n), part(n - 1, n)], axis=axis)
+    lo, hi = ops.repeat(maps, factor, axis=axis), ops.repeat(shifted, factor, axis=axis)
+    t = ops.tile(ops.cast(ops.arange(factor), maps.dtype) / factor, [n])
+    t = ops.reshape(t, [-1] + [1] * (len(maps.shape) - 1 - axis))
+    return lo + (hi - lo) * t
 
 
 class ASLFeatNet(keras.layers.Layer):
