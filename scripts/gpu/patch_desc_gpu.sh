@@ -53,9 +53,13 @@ class TimeLimit(keras.callbacks.Callback):
     def __init__(self, seconds):
         super().__init__()
         self.seconds, self.steps, self.t_warm, self.steps_warm = seconds, 0, None, 0
+        self.t_start = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
+        if self.steps in (1, WARM_STEPS) or self.steps % 500 == 0:  # progress: where the time goes
+            print(f"[{self.model.name}] step {self.steps} after {time.time() - self.t_start:.0f} s, "
+                  f"loss {float(logs.get('loss', float('nan'))):.4f}", flush=True)
         if self.steps == WARM_STEPS:  # compile and warm-up done
             self.t_warm, self.steps_warm = time.time(), self.steps
         if self.t_warm and time.time() - self.t_warm > self.seconds:
@@ -94,6 +98,7 @@ def evaluate(models):
         folder = os.path.join(hpatches, seq)
         if not os.path.isdir(folder):
             continue
+        print(f"[evaluate] {seq} ({', '.join(models)}) at {time.strftime('%H:%M:%S')}", flush=True)
         feats = []
         for i in range(1, 7):
             gray = cv2.imread(os.path.join(folder, f"{i}.png"), cv2.IMREAD_GRAYSCALE)
