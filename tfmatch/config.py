@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import importlib
 import inspect
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +29,17 @@ _REGISTERING_MODULES = (
     "tfmatch.data",
     "tfmatch.methods",
 )
+
+
+class _GinPackagePathNoise(logging.Filter):
+    """Drops gin's ERROR "Path not found: data/x.gin": for every ``include`` it first tries the path as a Python
+    package resource and logs that error before it finds the file on the search path (``configs/``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.module == "resource_reader" and record.getMessage().startswith("Path not found"))
+
+
+_NOISE_FILTER = _GinPackagePathNoise()
 
 
 class ConfigError(ValueError):
@@ -123,6 +135,8 @@ def parse(
       finalize: lock the config afterwards, so that a later accidental parse fails loudly.
     """
     register_all()
+    if _NOISE_FILTER not in logging.getLogger().filters:
+        logging.getLogger().addFilter(_NOISE_FILTER)
     gin.clear_config(clear_constants=False)
     gin.add_config_file_search_path(str(CONFIG_ROOT))
     for base in sorted(glob.glob(str(CONFIG_ROOT / "base" / "*.gin"))):

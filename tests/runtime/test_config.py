@@ -53,3 +53,13 @@ def test_keras_keyword_arguments_are_accepted():
 def test_missing_gin_file_is_named():
     with pytest.raises(config.ConfigError, match="gin file not found: 'no/such.gin'"):
         config.parse(["no/such.gin"], finalize=False)
+
+
+def test_recipe_includes_log_no_gin_path_errors(caplog):
+    """A recipe's ``include 'data/...gin'`` resolves on the search path without gin's spurious ERROR line."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        config.parse(["methods/superpoint/magicpoint.gin"], finalize=False)
+    assert gin.query_parameter("synthetic_shapes_dataset.canvas_size") == (960, 1280)  # the include was read
+    assert not [r for r in caplog.records if "Path not found" in r.getMessage()]
