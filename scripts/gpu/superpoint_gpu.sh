@@ -150,7 +150,8 @@ if __name__ == "__main__":
         results["adaptation_images"], results["labels_per_image"] = len(counts), round(float(np.mean(counts)), 1)
         t = time.time()
         joint = subprocess.run(
-            ["timeout", "-k", "20", "--signal=INT", os.environ.get("JOINT_SECONDS", "100"), sys.executable, "-m", "tfmatch.train",
+            ["timeout", "-k", "20", "--signal=INT", os.environ.get("JOINT_SECONDS", "100"),
+             sys.executable, "-m", "tfmatch.train",
              "--gin_file", "configs/methods/superpoint/superpoint.gin",
              "--gin_bindings", f"IMAGE_DIR = '{photos}'", "--gin_bindings", f"LABEL_DIR = '{labels}'",
              "--gin_bindings", f"MAGICPOINT_DIR = '{magicpoint_dir}'",
@@ -163,12 +164,11 @@ if __name__ == "__main__":
         saved = checkpoints.list_checkpoints(sp_dir)
         results["joint_steps"] = saved[-1][0] if saved else 0
         with tarfile.open(os.path.join(out_dir, "superpoint_models.tar"), "w") as tar:
-            for d in (magicpoint_dir, sp_dir):
-                if os.path.isdir(d) and checkpoints.list_checkpoints(d):
-                    tar.add(os.path.join(d, config.OPERATIVE_CONFIG), os.path.join(os.path.basename(d),
-                                                                                  config.OPERATIVE_CONFIG))
-                    tar.add(checkpoints.list_checkpoints(d)[-1][1], os.path.join(
-                        os.path.basename(d), os.path.relpath(checkpoints.list_checkpoints(d)[-1][1], d)))
+            for d in (magicpoint_dir, sp_dir):  # each run's config and newest checkpoint: a loadable model_dir
+                newest = checkpoints.latest_checkpoint(d) if os.path.isdir(d) else None
+                if newest:
+                    for path in (os.path.join(d, config.OPERATIVE_CONFIG), newest):
+                        tar.add(path, os.path.join(os.path.basename(d), os.path.relpath(path, d)))
         with open(os.path.join(out_dir, "superpoint_gpu.json"), "w") as f:
             json.dump(results, f, indent=2)  # the part so far, in case the speed runs out of time
 

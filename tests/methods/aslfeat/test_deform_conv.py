@@ -129,7 +129,8 @@ def test_get_config_round_trip():
 
 
 def _compiled(fn):
-    """``fn`` compiled with XLA on the active backend (the export runs the SavedModel with ``jit_compile``)."""
+    """``fn`` compiled with XLA on the active backend (the export runs the SavedModel with ``jit_compile``); on a
+    backend without XLA (torch), ``fn`` itself, so the eager result is still checked against the reference."""
     import keras
 
     backend = keras.backend.backend()
@@ -141,7 +142,7 @@ def _compiled(fn):
         import jax
 
         return jax.jit(fn)
-    pytest.skip(f"no XLA compilation on the {backend} backend")
+    return fn
 
 
 def _reference_sample(padded, offsets, k):
