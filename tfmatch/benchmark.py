@@ -5,9 +5,13 @@
     python -m tfmatch.benchmark --gin_file F --mode data --batch 2 [--steps 50]
 
 * ``infer``: the method's inference endpoint (``extract`` / ``describe``) on random images, compiled (XLA on TF
-  via ``tf.function(jit_compile=True)``, ``jax.jit`` on JAX). Reports images per second.
+  via ``tf.function(jit_compile=True)``, ``jax.jit`` on JAX). Reports images per second twice:
+  ``images_per_second`` with the images already on the device and the outputs left there (the compute), and
+  ``images_per_second_with_transfers`` with the images sent from host memory and every output fetched back into
+  numpy each step (what a loop that writes features to disk sees, without overlap of transfers and compute).
 * ``train``: ``fit`` steps of the recipe on its real ``tf.data`` pipeline (``--synthetic_data``: one cached batch
-  repeated, which leaves the pipeline out). Reports pairs (samples) per second.
+  repeated, which leaves the pipeline out), with the recipe's ``train.steps_per_execution``. Reports pairs
+  (samples) per second.
 * ``data``: the ``tf.data`` pipeline alone. Reports samples per second.
 
 With ``--height``/``--width`` in train and data mode the ``IMAGE_SIZE`` macro is set (square recipes only).
@@ -108,7 +112,26 @@ def _block(outputs):
     return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
 
 
+def _wait(outputs):
+    """Waits for a step without copying its outputs: all come from one compiled program, so fetching the smallest
+    one waits for all of them."""
+    import keras
+
+    smallest = min(outputs.values(), key=lambda v: int(keras.ops.size(v)))
+    keras.ops.convert_to_numpy(smallest)
+
+
+def _timed(fn, inputs, steps, warmup, finish):
+    for _ in range(warmup):
+        finish(fn(*inputs))
+    start = time.perf_counter()
+    for _ in range(steps):
+        finish(fn(*inputs))
+    return time.perf_counter() - start
+
+
 def benchmark_infer(batch, height, width, steps, warmup, num_keypoints):
+    import keras
     import numpy as np
 
     from tfmatch.runtime.trainer import build_model
@@ -122,13 +145,12 @@ def benchmark_infer(batch, height, width, steps, warmup, num_keypoints):
         extra = np.stack([rng.uniform(4, 30, (batch, num_keypoints)), rng.uniform(-180, 180, (batch, num_keypoints))], -1)
         inputs.append(np.concatenate([xy, extra], -1).astype("float32"))
     fn = _compiled_endpoint(model)
-    for _ in range(warmup):
-        _block(fn(*inputs))
-    start = time.perf_counter()
-    for _ in range(steps):
-        _block(fn(*inputs))
-    elapsed = time.perf_counter() - start
-    return type(model).__name__, {"images_per_second": batch * steps / elapsed, "ms_per_step": 1000 * elapsed / steps}
+    with_transfers = _timed(fn, inputs, steps, warmup, _block)
+    on_device = [keras.ops.convert_to_tensor(x) for x in inputs]  # the accelerator's memory, where there is one
+    compute = _timed(fn, on_device, steps, warmup, _wait)
+    return type(model).__name__, {"images_per_second": batch * steps / compute, "ms_per_step": 1000 * compute / steps,
+                                  "images_per_second_with_transfers": batch * steps / with_transfers,
+                                  "ms_per_step_with_transfers": 1000 * with_transfers / steps}
 
 
 def benchmark_train(batch, steps, warmup, synthetic_data):
@@ -142,13 +164,20 @@ def benchmark_train(batch, steps, warmup, synthetic_data):
     from tfmatch.runtime.trainer import build_model
 
     distribution = make_distribution(gin.query_parameter("train.strategy"))
+    try:
+        per_execution = max(1, int(gin.query_parameter("train.steps_per_execution")))
+    except ValueError:  # not bound: the trainer's default
+        per_execution = 1
+    steps = -(-steps // per_execution) * per_execution  # whole executions
+    warmup = -(-max(warmup, 1) // per_execution) * per_execution
     dataset = dataset_fn("train", batch)
     if synthetic_data:
         dataset = dataset.take(1).cache().repeat()
     with distribution.scope:
         model = build_model()
         model.compile(optimizer=optimizer_fn(),
-                      jit_compile=resolve_jit_compile(gin.query_parameter("train.jit_compile"), distribution))
+                      jit_compile=resolve_jit_compile(gin.query_parameter("train.jit_compile"), distribution),
+                      steps_per_execution=per_execution)
 
     class Timer(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -157,12 +186,13 @@ def benchmark_train(batch, steps, warmup, synthetic_data):
         def on_train_end(self, logs=None):
             self.elapsed = time.perf_counter() - self.start
 
-    model.fit(dataset, epochs=1, steps_per_epoch=max(warmup, 1), verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup, verbose=0)
     timer = Timer()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
     return type(model).__name__, {"pairs_per_second": batch * steps / timer.elapsed,
                                   "ms_per_step": 1000 * timer.elapsed / steps,
-                                  "replicas": distribution.num_replicas}
+                                  "replicas": distribution.num_replicas, "steps_per_execution": per_execution,
+                                  "timed_steps": steps}
 
 
 def benchmark_data(batch, steps, warmup):

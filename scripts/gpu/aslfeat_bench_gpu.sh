@@ -1,19 +1,49 @@
 #!/bin/sh
-# GPU box, after setup_device.sh: a larger synthetic GL3D set, its match sets, then the measured figures of
-# docs/benchmarks.md (tf.data on all cores; ASLFeat train/infer on one GPU; DataParallel on two). Results: $OUT.
+# ASLFeat speed on one GPU (JAX), end to end through the user-facing commands (issue 4, item 8). On the GPU box
+# after setup_device.sh; every result line is appended to $OUT/bench.jsonl as soon as it exists.
+#   OUT=/tmp/out sh scripts/gpu/aslfeat_bench_gpu.sh train   # tfmatch.benchmark --mode train, then tfmatch.train
+#   OUT=/tmp/out sh scripts/gpu/aslfeat_bench_gpu.sh infer   # tfmatch.benchmark --mode infer at 480x640, batch 16
+# Both stages (base.gin, dcn.gin), float32 (the recipe) and ASLFeat.compute_dtype='bfloat16'. The synthetic GL3D
+# set (16 scenes x 8 images) is built once in $GL3D (default $HOME/gl3d).
 set -u
+cd "$(dirname "$0")/../.."
 export PYTHONPATH="$HOME/site:$PWD" KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 G=${GL3D:-$HOME/gl3d}
 R=$OUT/bench.jsonl
-python3 -m data_tools.make_synthetic_gl3d --out "$G" --scenes 16 --images_per_scene 8 --workers 16 --seed 1 2>&1 | tail -1
+if [ ! -f "$G/.synthetic_gl3d.complete" ]; then
+    python3 -m data_tools.make_synthetic_gl3d --out "$G" --scenes 16 --images_per_scene 8 --workers 16 --seed 1 2>&1 | tail -1
+fi
 python3 -m data_tools.gl3d_match_sets --gl3d "$G" --split gl3d --workers 16 --noprogress 2>&1 | tail -1
-python3 -m data_tools.gl3d_benchmark --gl3d "$G" --batch_size 32 --batches 60 --warmup 10 2>&1 | grep '^{' | tee -a "$R"
-B="--gin_bindings GL3D_ROOT='$G'"
-for recipe in base dcn; do
-  CUDA_VISIBLE_DEVICES=0 python3 -m tfmatch.benchmark --gin_file configs/methods/aslfeat/$recipe.gin $B --mode train --batch 2 --steps 200 --warmup 5 2>&1 | grep '^{' | tee -a "$R"
-  CUDA_VISIBLE_DEVICES=0 python3 -m tfmatch.benchmark --gin_file configs/methods/aslfeat/$recipe.gin $B --mode train --batch 2 --steps 200 --warmup 5 --synthetic_data 2>&1 | grep '^{' | tee -a "$R"
-  CUDA_VISIBLE_DEVICES=0 python3 -m tfmatch.benchmark --gin_file configs/methods/aslfeat/$recipe.gin $B --mode infer --batch 16 --height 480 --width 640 --steps 30 2>&1 | grep '^{' | tee -a "$R"
-done
-# DataParallel over both GPUs (global batch 4 = 2 per GPU), real pipeline
-python3 -m tfmatch.benchmark --gin_file configs/methods/aslfeat/base.gin $B --mode train --batch 4 --steps 200 --warmup 5 2>&1 | grep '^{' | tee -a "$R"
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt"
+
+bench() {  # recipe dtype args...
+    recipe=$1 dtype=$2
+    shift 2
+    echo "== $recipe $dtype $*"
+    timeout 170 python3 -m tfmatch.benchmark --gin_file "configs/methods/aslfeat/$recipe.gin" \
+        --gin_bindings "GL3D_ROOT = '$G'" --gin_bindings "ASLFeat.compute_dtype = '$dtype'" "$@" 2>&1 \
+        | grep '^{' | sed "s/^{/{\"recipe\": \"$recipe\", \"compute_dtype\": \"$dtype\", /" | tee -a "$R"
+}
+
+case "${1:-train}" in
+train)
+    for recipe in base dcn; do
+        for dtype in float32 bfloat16; do
+            bench $recipe $dtype --mode train --batch 2 --steps 300 --warmup 20
+        done
+    done
+    # The trainer itself, base recipe, 480 px, batch 2, steps_per_execution 10 (base.gin): steps/s from its log.
+    timeout -k 10 --signal=INT "${TRAIN_SECONDS:-110}" python3 -m tfmatch.train \
+        --gin_file configs/methods/aslfeat/base.gin --gin_bindings "GL3D_ROOT = '$G'" \
+        --gin_bindings "train.steps_per_epoch = 2000" --gin_bindings "train.log_every = 200" \
+        --model_dir /tmp/aslfeat_train_speed 2>&1 | grep -E "^step |tfmatch\]|Error" | tee "$OUT/train_log.txt"
+    ;;
+infer)
+    for recipe in base dcn; do
+        for dtype in float32 bfloat16; do
+            bench $recipe $dtype --mode infer --batch 16 --height 480 --width 640 --steps 30 --warmup 3
+        done
+    done
+    ;;
+esac
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1

@@ -40,6 +40,26 @@ def test_top_k_larger_than_the_map_is_padded():
         select_top_k(s, 0)
 
 
+@pytest.mark.parametrize("cell, size", [(2, (37, 50)), (3, (30, 31))])
+def test_top_k_of_cells_equals_the_plain_top_k_after_nms(cell, size):
+    from tfmatch.layers.nms import max_pool_nms
+
+    rng = np.random.default_rng(cell)
+    s = _np(max_pool_nms(rng.uniform(size=(2,) + size).astype("float32"), cell - 1))  # no ties: one max per cell
+    for k in (40, 2000):  # fewer, and more slots than maxima
+        plain = [_np(x) for x in select_top_k(s, k, border=3, threshold=0.0)]
+        cells = [_np(x) for x in select_top_k(s, k, border=3, threshold=0.0, cell=cell)]
+        for a, b in zip(plain, cells):
+            np.testing.assert_array_equal(a, b)
+    # A plateau (two equal neighbouring maxima) keeps one of the two.
+    t = np.zeros((1, 6, 6), "float32")
+    t[0, 2, 2] = t[0, 2, 3] = 1.0
+    _, _, valid = select_top_k(t, 4, threshold=0.0, cell=2)
+    assert _np(valid).sum() == 1
+    with pytest.raises(ValueError, match="cell must be"):
+        select_top_k(t, 4, cell=0)
+
+
 def _dense():
     # [1, 2, 3, 2]: cell (i, j) holds (j + 1, 10 * (i + 1)); descriptors are distinct in direction.
     d = np.zeros((1, 2, 3, 2), "float32")

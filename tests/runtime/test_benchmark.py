@@ -27,6 +27,8 @@ def test_benchmark_json_line(repo_root, subprocess_env, backend, mode, rate):
     record = _record(proc.stdout)
     assert KEYS <= set(record) and record["backend"] == backend and record["mode"] == mode
     assert record["method"] == "ToyDescriptor" and record[rate] > 0
+    if mode == "infer":  # compute alone, and with host transfers
+        assert record["images_per_second_with_transfers"] > 0
 
 
 def test_benchmark_data_mode(repo_root, subprocess_env):

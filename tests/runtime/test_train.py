@@ -82,6 +82,27 @@ def test_sparse_nan_checks_still_guard_every_checkpoint(tmp_path, repo_root, sub
     assert not (model_dir / "checkpoints").exists()
 
 
+def test_steps_per_execution_keeps_steps_logs_checkpoints_and_nan_guard(tmp_path, repo_root, subprocess_env):
+    # 10 steps per epoch, logs every 5: steps_per_execution 4 is reduced to 1, 5 stays 5 (two calls per epoch).
+    model_dir = tmp_path / "k5"
+    proc = run_cli("tfmatch.train", train_args(model_dir, "train.max_steps = 20", "train.steps_per_execution = 5"),
+                   subprocess_env, repo_root)
+    assert sorted(logged_losses(proc.stdout)) == [5, 10, 15, 20]
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["ckpt-00000010.h5", "ckpt-00000020.h5"]
+    optimizer = read_group(model_dir / "checkpoints" / "ckpt-00000020.h5", "optimizer")
+    assert 20 in [int(v) for v in optimizer.values() if np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype,
+                                                                                              np.integer)]
+    nan_dir = tmp_path / "k5nan"
+    proc = run_cli("tfmatch.train", train_args(nan_dir, "train.max_steps = 20", "train.steps_per_execution = 5",
+                                               "ToyDescriptor.nan_at_step = 13", "train.nan_check_every = 1"),
+                   subprocess_env, repo_root, check=False)
+    assert proc.returncode == 3 and "at step 15" in proc.stderr  # found at the end of the execution holding it
+    assert sorted(os.listdir(nan_dir / "checkpoints")) == ["ckpt-00000010.h5"]
+    odd = run_cli("tfmatch.train", train_args(tmp_path / "k4", "train.max_steps = 10", "train.steps_per_execution = 4"),
+                  subprocess_env, repo_root)
+    assert sorted(logged_losses(odd.stdout)) == [5, 10]
+
+
 def test_misspelled_binding_exits_before_any_work(tmp_path, repo_root, subprocess_env):
     model_dir = tmp_path / "typo"
     proc = run_cli("tfmatch.train", train_args(model_dir, "train.max_stepz = 3"), subprocess_env, repo_root,

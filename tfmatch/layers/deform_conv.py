@@ -40,10 +40,11 @@ def deformable_sample(padded, offsets, kernel_size):
 
     Shape:
         padded: [B, Hp, Wp, C] (already padded; output size h = Hp - k + 1, w = Wp - k + 1)
-        offsets: [B, h, w, k*k, 2] (dy, dx), same dtype as ``padded``
-        returns: [B, h, w, k*k, C]
+        offsets: [B, h, w, k*k, 2] (dy, dx), float
+        returns: [B, h, w, k*k, C], dtype of ``padded``
     """
-    dtype = padded.dtype
+    dtype = _coordinate_dtype(padded.dtype)
+    offsets = ops.cast(offsets, dtype)
     shape = ops.shape(padded)
     batch, hp, wp = shape[0], shape[1], shape[2]
     channels = padded.shape[-1]
@@ -77,12 +78,19 @@ def deformable_sample(padded, offsets, kernel_size):
         index = ops.reshape(yi * wp_i + xi, (batch, -1, 1))
         return ops.take_along_axis(flat, index, axis=1)  # [B, h*w*k*k, C]
 
-    wy = ops.reshape(wy, (batch, -1, 1))
-    wx = ops.reshape(wx, (batch, -1, 1))
+    wy = ops.cast(ops.reshape(wy, (batch, -1, 1)), padded.dtype)
+    wx = ops.cast(ops.reshape(wx, (batch, -1, 1)), padded.dtype)
     top = gather(y0i, x0i) * (1 - wx) + gather(y0i, x1i) * wx
     bottom = gather(y1i, x0i) * (1 - wx) + gather(y1i, x1i) * wx
     values = top * (1 - wy) + bottom * wy
     return ops.reshape(values, (batch, h, w, taps, channels))
+
+
+def _coordinate_dtype(dtype):
+    """float32 or float64 for positions: bfloat16 / float16 cannot address pixels (bfloat16's spacing is 1 above
+    128), so a map in a 16-bit compute dtype still gets float32 positions and offsets."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return dtype if dtype in ("float32", "float64") else "float32"
 
 
 def _regular_taps(kernel_size, dtype):
@@ -208,21 +216,23 @@ class DeformConv2D(keras.layers.Layer):
         """
         k = self.kernel_size
         taps = k * k
+        # The side convolutions run in the compute dtype; the geometry after them in float32 at least.
+        dtype = _coordinate_dtype(padded.dtype)
         if self.deform_type == "u":
-            raw = self.offset(padded)
+            raw = ops.cast(self.offset(padded), dtype)
             shape = ops.shape(raw)
             return ops.reshape(raw, (shape[0], shape[1], shape[2], taps, 2))
-        tx, ty = _regular_taps(k, padded.dtype)
-        scale = ops.exp(ops.tanh(self.scale(padded)))  # [B, H, W, 1] in [1/e, e]
+        tx, ty = _regular_taps(k, dtype)
+        scale = ops.exp(ops.tanh(ops.cast(self.scale(padded), dtype)))  # [B, H, W, 1] in [1/e, e]
         if self.deform_type == "a":
-            ori = self.orientation(padded)
+            ori = ops.cast(self.orientation(padded), dtype)
             ori = ori / ops.maximum(ops.sqrt(ops.sum(ori * ori, axis=-1, keepdims=True)), 1e-12)
             cos, sin = ori[..., 0:1] * scale, ori[..., 1:2] * scale
             # Row vector [x y] times [[cos, sin], [-sin, cos]].
             new_x = tx * cos - ty * sin
             new_y = tx * sin + ty * cos
         else:
-            moves = ops.tanh(self.offset(padded)) * 0.95
+            moves = ops.tanh(ops.cast(self.offset(padded), dtype)) * 0.95
             hom = _solve_translation_free_homography(moves, scale)  # [B, H, W, 3, 3]
             hx = hom[..., 0, 0:1] * tx + hom[..., 0, 1:2] * ty + hom[..., 0, 2:3]
             hy = hom[..., 1, 0:1] * tx + hom[..., 1, 1:2] * ty + hom[..., 1, 2:3]
@@ -247,9 +257,9 @@ class DeformConv2D(keras.layers.Layer):
           returns: [B, H, W, filters]
         """
         k = self.kernel_size
-        values = deformable_sample(padded, ops.cast(offsets, padded.dtype), k)  # [B, H, W, k*k, C]
+        values = deformable_sample(padded, offsets, k)  # [B, H, W, k*k, C]
         if amplitude_logits is not None:
-            values = values * ops.sigmoid(amplitude_logits)[..., None]
+            values = values * ops.cast(ops.sigmoid(amplitude_logits), values.dtype)[..., None]
         shape = ops.shape(values)
         channels = padded.shape[-1]
         values = ops.reshape(values, (shape[0], shape[1], shape[2], k * k * channels))

@@ -15,14 +15,22 @@ __all__ = ["Peakiness", "peakiness_score", "dilated_average_pool"]
 def dilated_average_pool(features, dilation):
     """3x3 average (centre included) with dilation ``d`` over a REFLECT-padded (pad d) map: same size out.
 
+    The sum of nine shifted slices of the padded map rather than a depthwise convolution: XLA fuses the slices
+    with the softplus terms of ``peakiness_score`` into one pass (the depthwise convolution was a separate,
+    slow kernel at full resolution on GPU, and its gradient another; docs/benchmarks.md).
+
     Shape:
         features: [B, h, w, C] -> [B, h, w, C]
     """
     d = int(dilation)
     padded = ops.pad(features, [[0, 0], [d, d], [d, d], [0, 0]], mode="reflect")
-    channels = features.shape[-1]
-    kernel = ops.ones((3, 3, channels, 1), dtype=features.dtype) / 9.0
-    return ops.depthwise_conv(padded, kernel, strides=1, padding="valid", dilation_rate=d)
+    height, width = ops.shape(features)[1], ops.shape(features)[2]
+    total = None
+    for dy in (0, d, 2 * d):
+        for dx in (0, d, 2 * d):
+            part = padded[:, dy:dy + height, dx:dx + width, :]
+            total = part if total is None else total + part
+    return total / 9.0
 
 
 def peakiness_score(features, dilation):
@@ -55,15 +63,16 @@ class Peakiness(keras.layers.Layer):
         self.decay = float(decay)
 
     def build(self, input_shape):
-        self.instance_max = self.add_weight(name="instance_max", shape=(), initializer="ones", trainable=False)
+        self.instance_max = self.add_weight(name="instance_max", shape=(), initializer="ones", trainable=False,
+                                            autocast=False)
 
     def call(self, features, training=False):
+        features = ops.cast(features, "float32")  # the score in float32 also under a bfloat16 compute dtype
         if training:
-            current = ops.cast(ops.max(ops.stop_gradient(features)), self.instance_max.dtype)
+            current = ops.max(ops.stop_gradient(features))
             # TF1 assign_moving_average: m <- m - (1 - decay) (m - x), applied before use.
             self.instance_max.assign(self.instance_max - (1.0 - self.decay) * (self.instance_max - current))
-        norm = ops.cast(self.instance_max, features.dtype)
-        return peakiness_score(features / norm, self.dilation)
+        return peakiness_score(features / self.instance_max, self.dilation)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1])

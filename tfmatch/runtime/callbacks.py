@@ -31,14 +31,22 @@ def current_learning_rate(optimizer) -> float:
 
 
 class StepCounter(keras.callbacks.Callback):
-    """Counts global steps from the step the run resumed at (Keras' own counters restart per epoch)."""
+    """Counts global steps from the step the run resumed at (Keras' own counters restart per epoch).
+
+    With ``steps_per_execution`` k > 1, Keras calls the batch hooks once per k steps with the index of the last
+    one, so the count comes from that index, not from the number of calls.
+    """
 
     def __init__(self, initial_step: int):
         super().__init__()
         self.step = initial_step
+        self._epoch_start = initial_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self.step
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        self.step = self._epoch_start + int(batch) + 1
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -51,9 +59,14 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def __init__(self, counter: StepCounter, every: int = 1):
         super().__init__()
         self.counter, self.every = counter, max(1, every)
+        self._last_check = counter.step
+
+    def on_train_begin(self, logs=None):
+        self._last_check = self.counter.step
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.counter.step % self.every == 0:
+        if self.counter.step - self._last_check >= self.every:
+            self._last_check = self.counter.step
             self._check(logs)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -71,10 +71,16 @@ def train(
     jit_compile="auto",  # auto | True | False
     seed: int = 0,
     nan_check_every: int = 10,  # steps between NaN/Inf checks (each waits for the device); 1 = every step
+    steps_per_execution: int = 1,  # steps dispatched per call of Keras' train function (see below)
     match_images: bool = True,  # draw the method's visualization() into TensorBoard every epoch
     verbose="auto",  # auto: progress bar on a terminal, plain log lines otherwise
 ):
     """Trains ``model_fn()`` on ``dataset_fn('train', batch_size)`` and writes everything to ``model_dir``.
+
+    ``steps_per_execution`` k: Keras hands the logs to the callbacks, turning them into Python numbers (a wait
+    for the device), once per k steps instead of after every step, so the device keeps busy while the loop fetches
+    the next batches (ASLFeat's recipes use 10: docs/benchmarks.md). It is reduced to divide ``log_every`` and
+    ``steps_per_epoch``; NaN checks, log lines and checkpoints then fall on multiples of it.
 
     Returns:
       The trained model (its weights also in ``model_dir/checkpoints``).
@@ -83,6 +89,13 @@ def train(
         raise ValueError(f"max_steps, steps_per_epoch and batch_size must be > 0, got "
                          f"{max_steps}, {steps_per_epoch}, {batch_size}")
     steps_per_epoch = min(steps_per_epoch, max_steps)
+    if steps_per_execution <= 0:
+        raise ValueError(f"steps_per_execution must be > 0, got {steps_per_execution}")
+    divisor = math.gcd(math.gcd(steps_per_execution, steps_per_epoch), max(1, log_every))
+    if divisor != steps_per_execution:
+        logging.info("steps_per_execution %d -> %d (must divide steps_per_epoch %d and log_every %d)",
+                     steps_per_execution, divisor, steps_per_epoch, log_every)
+        steps_per_execution = divisor
     if max_steps % steps_per_epoch:
         raise ValueError(f"max_steps ({max_steps}) must be a multiple of steps_per_epoch ({steps_per_epoch}): "
                          "checkpoints are written at epoch ends")
@@ -103,7 +116,7 @@ def train(
         optimizer = optimizer_fn()
         model(sample, training=False)  # creates every variable before a restore
         optimizer.build(model.trainable_variables)
-        model.compile(optimizer=optimizer, jit_compile=jit)
+        model.compile(optimizer=optimizer, jit_compile=jit, steps_per_execution=steps_per_execution)
     initial_step = _restore_or_initialise(model, optimizer, model_dir, init_checkpoint, init_exclude)
     if initial_step >= max_steps:
         print(f"[tfmatch] {model_dir} is already trained to step {initial_step} (max_steps {max_steps})", flush=True)

@@ -30,6 +30,7 @@ from tfmatch.methods.base import Method
 __all__ = ["ASLFeat"]
 
 _LOSSES = {"hard_contrastive": hardest_contrastive_loss, "circle": circle_loss}
+_NET_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 _BATCH_KEYS = ("image0", "image1", "depth0", "depth1", "K0", "K1", "R_0to1", "t_0to1")
 
 
@@ -41,6 +42,9 @@ class ASLFeat(Method):
       multi_level: multi-level peakiness detector (conv1, conv3, conv6) as released; False = conv6 only.
       weight_decay: L2 on conv kernels (5e-5 = TFMatch wd 1e-4 on 1/2 sum w^2); 0 in stage 2.
       descriptor_dim: 128.
+      compute_dtype: 'float32' (TFMatch) or 'bfloat16': the network's convolutions in bfloat16 with float32
+        variables (Keras 'mixed_bfloat16'); batch-norm statistics, the detector, the descriptors, the geometry and
+        the loss stay float32. A speed option for GPUs (docs/benchmarks.md), not the paper's recipe.
     Args (training):
       loss: 'hard_contrastive' (released configs) or 'circle' (post-CVPR recommendation).
       num_corr: correspondences per pair (512). min_corr: a pair with fewer gives no loss (32).
@@ -54,6 +58,8 @@ class ASLFeat(Method):
       max_keypoints: N, fixed; padded with ``valid`` False (HPatches: 5000).
       score_threshold: S > threshold (0.5 at inference). edge_threshold: Hessian edge ratio r (10; 0 = off).
       nms_size: NMS window (3). border: pixels ignored at each edge (5). subpixel: Newton refinement (True).
+      cell_candidates: rank only the best pixel of each (nms_size // 2 + 1)^2 cell (a 4x smaller top-k at
+        nms_size 3; the same keypoints, except that of two exactly equal neighbouring maxima one is kept).
       multi_scale: also run 1/sqrt(2)-downscaled copies (``num_scales`` levels in all) and keep the best N.
 
     Shape:
@@ -71,8 +77,12 @@ class ASLFeat(Method):
                  loss="hard_contrastive", num_corr=512, min_corr=32, safe_radius=12.0, corr_weight=True,
                  depth_tolerance=0.05, trainable_scopes=(), update_bn_moving_stats=True, seed=0,
                  max_keypoints=5000, score_threshold=0.5, edge_threshold=10.0, nms_size=3, border=5,
-                 subpixel=True, multi_scale=False, num_scales=3, name="aslfeat", **kwargs):
+                 subpixel=True, multi_scale=False, num_scales=3, compute_dtype="float32", cell_candidates=True,
+                 name="aslfeat", **kwargs):
         super().__init__(name=name, **kwargs)
+        if compute_dtype not in _NET_POLICIES:
+            raise ValueError(f"tfmatch/methods/aslfeat/model.py: compute_dtype must be one of "
+                             f"{sorted(_NET_POLICIES)}, got {compute_dtype!r}")
         if loss not in _LOSSES:
             raise ValueError(f"tfmatch/methods/aslfeat/model.py: loss must be one of {sorted(_LOSSES)}, got {loss!r}")
         if max_keypoints <= 0:
@@ -104,9 +114,11 @@ class ASLFeat(Method):
         self.subpixel = subpixel
         self.multi_scale = multi_scale
         self.num_scales = int(num_scales)
+        self.compute_dtype_name = compute_dtype
+        self.cell_candidates = bool(cell_candidates)
 
         self.net = ASLFeatNet(deform_type=deform_type, multi_level=multi_level, weight_decay=weight_decay,
-                              descriptor_dim=descriptor_dim, name="net")
+                              descriptor_dim=descriptor_dim, name="net", dtype=_NET_POLICIES[compute_dtype])
         names = [blk.name for blk in self.net.blocks]
         unknown = set(self.trainable_scopes) - set(names)
         if unknown:
@@ -204,7 +216,8 @@ class ASLFeat(Method):
             keep = ops.logical_and(keep, edge_mask(score_map, self.edge_threshold, dilation=3))
         masked = ops.where(keep, score_map, float("-inf"))
         keypoints, scores, valid = select_top_k(masked, max_keypoints, border=self.border,
-                                                threshold=self.score_threshold)
+                                                threshold=self.score_threshold,
+                                                cell=self.nms_size // 2 + 1 if self.cell_candidates else 1)
         if self.subpixel:
             offsets = bilinear_sample(subpixel_offsets(score_map), keypoints)  # integer points: exact gather
             keypoints = ops.where(valid[..., None], keypoints + offsets, keypoints)
@@ -269,7 +282,8 @@ class ASLFeat(Method):
     def export_metadata(self):
         meta = super().export_metadata()
         meta.update({"max_keypoints": self.max_keypoints, "descriptor_dim": self.descriptor_dim,
-                     "deform_type": self.deform_type, "multi_scale": self.multi_scale})
+                     "deform_type": self.deform_type, "multi_scale": self.multi_scale,
+                     "compute_dtype": self.compute_dtype_name})
         return meta
 
     def get_config(self):
@@ -283,6 +297,7 @@ class ASLFeat(Method):
             "max_keypoints": self.max_keypoints, "score_threshold": self.score_threshold,
             "edge_threshold": self.edge_threshold, "nms_size": self.nms_size, "border": self.border,
             "subpixel": self.subpixel, "multi_scale": self.multi_scale, "num_scales": self.num_scales,
+            "compute_dtype": self.compute_dtype_name, "cell_candidates": self.cell_candidates,
         })
         return config
 

@@ -53,7 +53,8 @@ class BatchNorm(keras.layers.Layer):
     Unlike ``keras.layers.BatchNormalization``, the statistics mode depends only on ``training`` (batch statistics
     when training, moving statistics otherwise), never on ``trainable``; ``update_moving_stats=False`` keeps batch
     statistics in training but leaves the moving averages untouched (ASLFeat stage 2, spec 1.6 / 4.6).
-    The moving variance is updated with the unbiased batch variance, as TF1's fused batch norm.
+    The moving variance is updated with the unbiased batch variance, as TF1's fused batch norm. Statistics and
+    normalisation are computed in float32 also under a bfloat16 compute dtype; the output has the input's dtype.
 
     Shape:
       inputs: [B, H, W, C] -> [B, H, W, C]
@@ -68,25 +69,24 @@ class BatchNorm(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         self.moving_mean = self.add_weight(name="moving_mean", shape=(channels,), initializer="zeros",
-                                           trainable=False)
+                                           trainable=False, autocast=False)
         self.moving_variance = self.add_weight(name="moving_variance", shape=(channels,), initializer="ones",
-                                               trainable=False)
+                                               trainable=False, autocast=False)
 
     def call(self, inputs, training=False):
+        values = ops.cast(inputs, "float32")
         if training:
-            mean, variance = ops.moments(inputs, axes=[0, 1, 2])
+            mean, variance = ops.moments(values, axes=[0, 1, 2])
             if self.update_moving_stats:
                 shape = ops.shape(inputs)
                 count = ops.cast(shape[0] * shape[1] * shape[2], variance.dtype)
                 unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
                 m = self.momentum
-                self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * ops.cast(mean, self.moving_mean.dtype))
-                self.moving_variance.assign(
-                    m * self.moving_variance + (1.0 - m) * ops.cast(unbiased, self.moving_variance.dtype))
+                self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
+                self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * unbiased)
         else:
-            mean = ops.cast(self.moving_mean, inputs.dtype)
-            variance = ops.cast(self.moving_variance, inputs.dtype)
-        return (inputs - mean) / ops.sqrt(variance + self.epsilon)
+            mean, variance = self.moving_mean, self.moving_variance
+        return ops.cast((values - mean) / ops.sqrt(variance + self.epsilon), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -119,15 +119,15 @@ class ConvBlock(keras.layers.Layer):
         reg = keras.regularizers.L2(self.weight_decay) if self.weight_decay > 0 else None
         if deform_type is None:
             self.conv = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                                            kernel_regularizer=reg, name="conv")
+                                            kernel_regularizer=reg, name="conv", dtype=self.dtype_policy)
         else:
             if strides != 1:
                 raise ValueError(f"tfmatch/methods/aslfeat/network.py: deformable {self.name} needs stride 1, "
                                  f"got {strides}")
             self.conv = DeformConv2D(filters, 3, deform_type=deform_type, kernel_regularizer=None,
-                                     offset_regularizer=reg, name="conv")
+                                     offset_regularizer=reg, name="conv", dtype=self.dtype_policy)
         if batch_norm:
-            self.bn = BatchNorm(name="bn")
+            self.bn = BatchNorm(name="bn", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -205,11 +205,13 @@ class ASLFeatNet(keras.layers.Layer):
       multi_level: sum the peakiness of conv1, conv3 and conv6 (True, as released) or use conv6 alone.
       weight_decay: L2 factor on conv kernels (5e-5 = TFMatch's 1e-4 * 1/2 sum w^2; 0 in stage 2, spec 1.6).
       descriptor_dim: channels of conv6 (ASLFeat: 128).
+      dtype: Keras dtype policy of every sublayer; 'mixed_bfloat16' runs the convolutions in bfloat16 (float32
+        variables), while batch-norm statistics and the detector stay float32.
 
     Shape:
       images: [B, H, W, 1] standardised -> dict
-        ``descriptor_map``: [B, ceil(H/4), ceil(W/4), D] raw conv6 (not normalised),
-        ``score_map``: [B, H, W] detector score S.
+        ``descriptor_map``: [B, ceil(H/4), ceil(W/4), D] raw conv6 (not normalised; the compute dtype),
+        ``score_map``: [B, H, W] detector score S (float32).
     """
 
     def __init__(self, deform_type=None, multi_level=True, weight_decay=5e-5, descriptor_dim=128, **kwargs):
@@ -224,7 +226,7 @@ class ASLFeatNet(keras.layers.Layer):
 
         def block(filters, strides, name, batch_norm=True, deform=False):
             return ConvBlock(filters, strides, batch_norm=batch_norm, deform_type=deform_type if deform else None,
-                             weight_decay=weight_decay, name=name)
+                             weight_decay=weight_decay, name=name, dtype=self.dtype_policy)
 
         self.blocks = [
             block(32, 1, "conv0"),
@@ -240,7 +242,8 @@ class ASLFeatNet(keras.layers.Layer):
         levels = LEVELS if multi_level else (("conv6", 1, 1.0),)
         total = sum(w for _, _, w in levels)
         self.levels = [(name, weight / total) for name, _, weight in levels]
-        self.peakiness = {name: Peakiness(dilation, name=f"{name}_peakiness") for name, dilation, _ in levels}
+        self.peakiness = {name: Peakiness(dilation, name=f"{name}_peakiness", dtype=self.dtype_policy)
+                          for name, dilation, _ in levels}
 
     def build(self, input_shape):
         shape = tuple(input_shape)
