@@ -20,7 +20,7 @@ bench() {  # recipe dtype args...
     recipe=$1 dtype=$2
     shift 2
     echo "== $recipe $dtype $*"
-    timeout 170 python3 -m tfmatch.benchmark --gin_file "configs/methods/aslfeat/$recipe.gin" \
+    timeout "${BENCH_SECONDS:-110}" python3 -m tfmatch.benchmark --gin_file "configs/methods/aslfeat/$recipe.gin" \
         --gin_bindings "GL3D_ROOT = '$G'" --gin_bindings "ASLFeat.compute_dtype = '$dtype'" "$@" 2>&1 \
         | grep '^{' | sed "s/^{/{\"recipe\": \"$recipe\", \"compute_dtype\": \"$dtype\", /" | tee -a "$R"
 }

@@ -147,18 +147,15 @@ def main():
     dcn = dict(deform_type="u", trainable_scopes=("conv6_0", "conv6_1", "conv6"), update_bn_moving_stats=False,
                weight_decay=0.0)
 
-    # Training step (loss, gradients, SGD update), one jit, inputs on the device.
-    for batch_size in (2, 8):
-        batch = {k: jax.device_put(v[:batch_size]) for k, v in data.items()}
-        variants = [("float32", NoDetector(), {}), ("bfloat16", NoDetector(), {"compute_dtype": "bfloat16"})]
-        if batch_size == 2:
-            variants += [("dcn_float32", NoDetector(), dcn),
-                         ("dcn_bfloat16", NoDetector(), dict(dcn, compute_dtype="bfloat16")),
-                         ("conv_pool+gather_resize_float32", OldDetector(), {}),
-                         ("conv6_level_float32", NoDetector(), {"multi_level": False})]
-        for name, patch, kwargs in variants:
-            record(f"train_b{batch_size}_{name}", train_step_ms(batch, batch_size, patch, **kwargs))
-            print(f"  [{time.perf_counter() - START:.0f} s]", flush=True)
+    # Training step (loss, gradients, SGD update), one jit, inputs on the device; the most telling first.
+    batch2 = {k: jax.device_put(v[:2]) for k, v in data.items()}
+    for name, patch, kwargs in (("float32", NoDetector(), {}), ("bfloat16", NoDetector(), {"compute_dtype": "bfloat16"}),
+                                ("conv_pool+gather_resize_float32", OldDetector(), {}),
+                                ("conv6_level_float32", NoDetector(), {"multi_level": False}),
+                                ("dcn_float32", NoDetector(), dcn),
+                                ("dcn_bfloat16", NoDetector(), dict(dcn, compute_dtype="bfloat16"))):
+        record(f"train_b2_{name}", train_step_ms(batch2, 2, patch, **kwargs))
+        print(f"  [{time.perf_counter() - START:.0f} s]", flush=True)
 
     # Extraction at 480 x 640, batch 16 and 1, inputs on the device; then its parts at batch 16.
     images = {b: jax.device_put(rng.uniform(0, 255, (b, HEIGHT, WIDTH, 1)).astype("float32")) for b in (1, 16)}
@@ -185,6 +182,10 @@ def main():
            median_ms(jax.jit(lambda x: jax.lax.top_k(x, 5000)), flat[:, : pixels // 4 + 5000], calls=5))
     record("select_top_k_b16_ms", median_ms(jax.jit(lambda s: keypoints_module.select_top_k(s, 5000, 5, 0.5)),
                                             flat[:, :pixels].reshape(16, HEIGHT, WIDTH), calls=5))
+    # Batch 8: does the step scale with the batch (compute bound) or not (launch / latency bound)?
+    batch8 = {k: jax.device_put(v[:8]) for k, v in data.items()}
+    for name, kwargs in (("float32", {}), ("bfloat16", {"compute_dtype": "bfloat16"})):
+        record(f"train_b8_{name}", train_step_ms(batch8, 8, NoDetector(), **kwargs))
     # Host transfers of one extract batch (what tfmatch.benchmark adds): images in, outputs out.
     host_images = np.asarray(images[16])
     record("host_to_device_b16_images_ms", median_ms(lambda: jax.device_put(host_images), calls=5))
