@@ -7,7 +7,11 @@
 #      first, compiling, steps);
 #   3. evaluates both next to SIFT on ../shared/data/hpatches-format: the SAME OpenCV SIFT keypoints
 #      (4000 strongest) for all three, mutual nearest neighbours, share of matches within 1/3/5 px (MMA).
-# Results: $OUT/patch_desc_gpu[_TAG].json and .md (paste into docs/benchmarks.md); TAG defaults to empty.
+# Results: $OUT/patch_desc_gpu[_TAG].json and .md (paste into docs/benchmarks.md); TAG defaults to empty. The JSON
+# is written after training and after each evaluated sequence, so a call's time limit keeps what was done. Trained
+# weights go to WEIGHTS_DIR (default $GL3D/trained, on the machine): SKIP_EVAL=1 only trains, EVAL_ONLY=1 (with
+# SKIP_PREP=1) evaluates those weights, so training and evaluation can be two device calls of 10 minutes each
+# (on 2026-11-25 ContextDesc's evaluation did not fit after 300 s of training in one call).
 #   OUT=/tmp/out HPATCHES=../shared/data/hpatches-format sh scripts/gpu/patch_desc_gpu.sh
 set -eu
 cd "$(dirname "$0")/../.."
@@ -20,14 +24,24 @@ PY=${PYTHON:-.venv/bin/python}
 export KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_PREALLOCATE=false
 mkdir -p "$OUT"
 GL3D=${GL3D_ROOT:-$OUT/synthetic_gl3d}
+# ContextDesc's ResNet-50 trunk: the regional features for training and the model's describe() must come from the
+# same weights. Without retrieval or local ImageNet weights (the GPU box has neither), a random trunk is drawn once
+# and saved here, and both use that file; the visual context then carries random-projection features only.
+REGIONAL_WEIGHTS=${REGIONAL_WEIGHTS:-$GL3D/regional_trunk.weights.h5}
 if [ -z "${SKIP_PREP:-}" ]; then  # SKIP_PREP=1: an earlier METHODS="" run prepared the data
     if [ ! -f "$GL3D/.synthetic_gl3d.complete" ] && [ -z "${GL3D_ROOT:-}" ]; then
         "$PY" -m data_tools.make_synthetic_gl3d --out "$GL3D" --scenes 6 --images_per_scene 8 --workers 8
     fi
     "$PY" -m data_tools.gl3d_match_sets --gl3d "$GL3D" --split gl3d --workers 8 --noprogress
-    "$PY" -m data_tools.extract_regional_features --gl3d "$GL3D" --split gl3d --batch_size 16
+    if [ ! -f "$REGIONAL_WEIGHTS" ]; then  # one random trunk, saved, so that training and describe share it
+        "$PY" -c "import sys; from tfmatch.methods.contextdesc.network import build_regional_trunk as b; \
+b(None).save_weights(sys.argv[1])" "$REGIONAL_WEIGHTS"
+    fi
+    "$PY" -m data_tools.extract_regional_features --gl3d "$GL3D" --split gl3d --batch_size 16 \
+        --weights "$REGIONAL_WEIGHTS"
 fi
 [ -n "$METHODS" ] || exit 0
+export REGIONAL_WEIGHTS
 exec "$PY" - "$GL3D" "$HPATCHES" "$OUT" "$TRAIN_SECONDS" "$METHODS" "${TAG:-}" <<'EOF'
 import json, os, platform, sys, time
 
@@ -92,8 +106,8 @@ def mma(k0, d0, k1, d1, H, thresholds=(1, 3, 5)):
     return [float(np.mean(err <= t)) if len(ids) else 0.0 for t in thresholds], int(len(ids))
 
 
-def evaluate(models):
-    results = {}
+def evaluate(models, report, save):
+    results = report.setdefault("hpatches", {})
     for seq in sorted(os.listdir(hpatches)):
         folder = os.path.join(hpatches, seq)
         if not os.path.isdir(folder):
@@ -101,6 +115,7 @@ def evaluate(models):
         print(f"[evaluate] {seq} ({', '.join(models)}) at {time.strftime('%H:%M:%S')}", flush=True)
         feats = []
         for i in range(1, 7):
+            t = time.time()
             gray = cv2.imread(os.path.join(folder, f"{i}.png"), cv2.IMREAD_GRAYSCALE)
             kp, _, sift = opencv_keypoints("sift", gray, 4000)
             f = {"kp": kp, "SIFT": sift}
@@ -108,24 +123,53 @@ def evaluate(models):
                 d = model.describe(gray[None, :, :, None].astype(np.float32), kp[None])["descriptors"]
                 f[name] = np.asarray(d)[0]
             feats.append(f)
+            print(f"[evaluate] {seq}/{i}: {gray.shape[1]}x{gray.shape[0]}, {len(kp)} keypoints, "
+                  f"{time.time() - t:.1f} s", flush=True)
         for j in range(2, 7):
             H = np.loadtxt(os.path.join(folder, f"H_1_{j}"))
             for name in ["SIFT", *models]:
                 scores, n = mma(feats[0]["kp"], feats[0][name], feats[j - 1]["kp"], feats[j - 1][name], H)
                 results.setdefault(name, {}).setdefault(seq, []).append({"pair": f"1-{j}", "mma@1/3/5": scores,
                                                                         "matches": n})
+        save()  # what is done so far survives a time limit
     return results
 
 
 report = {"machine": f"{jax.devices()[0].device_kind}, {platform.node()}", "backend": keras.backend.backend(),
           "date": time.strftime("%Y-%m-%d"), "train_seconds_each": seconds, "gl3d": gl3d}
-# ContextDesc: regional features from a random ResNet-50 trunk unless weights are given: visual context is noise.
-models = {name: {"GeoDesc": GeoDesc, "ContextDesc": ContextDesc}[name]() for name in methods}
+report_path = os.path.join(out, f"patch_desc_gpu{tag}.json")
+
+
+def save():
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+# ContextDesc: regional features from the trunk in REGIONAL_WEIGHTS (random unless real weights are given).
+report["regional_weights"] = os.environ.get("REGIONAL_WEIGHTS")
+models = {name: GeoDesc() if name == "GeoDesc" else ContextDesc(regional_weights=os.environ.get("REGIONAL_WEIGHTS"))
+          for name in methods}
+# Trained weights are kept in WEIGHTS_DIR (on the machine), so that EVAL_ONLY=1 can evaluate them in a later call.
+weights_dir = os.environ.get("WEIGHTS_DIR") or os.path.join(gl3d, "trained")
+os.makedirs(weights_dir, exist_ok=True)
 for name, model in models.items():
+    weights = os.path.join(weights_dir, f"{name}.weights.h5")
+    if os.environ.get("EVAL_ONLY"):
+        model.load_weights(weights)
+        with open(weights[:-len(".weights.h5")] + "_train.json") as f:
+            report[name.lower() + "_train"] = json.load(f)
+        print(f"[{name}] evaluating {weights}", flush=True)
+        continue
     report[name.lower() + "_train"] = train(model, regional=(name == "ContextDesc"))
-report["hpatches"] = evaluate(models)
-with open(os.path.join(out, f"patch_desc_gpu{tag}.json"), "w") as f:
-    json.dump(report, f, indent=1)
+    model.save_weights(weights)
+    with open(weights[:-len(".weights.h5")] + "_train.json", "w") as f:
+        json.dump(report[name.lower() + "_train"], f)
+    save()
+    print(f"[{name}] trained: {report[name.lower() + '_train']}; weights {weights} at {time.strftime('%H:%M:%S')}",
+          flush=True)
+if os.environ.get("SKIP_EVAL"):
+    sys.exit(0)
+evaluate(models, report, save)
 lines = [f"machine: {report['machine']}; backend {report['backend']}; {report['date']}", "",
          "| method | train steps | patch pairs/s | " + " | ".join(
              f"{s} MMA@3 1-2..1-6" for s in sorted(report["hpatches"]["SIFT"])) + " |",
@@ -135,6 +179,12 @@ for name in ("SIFT", *models):
     cells = [" ".join(f"{p['mma@1/3/5'][1]:.2f}" for p in report["hpatches"][name][s])
              for s in sorted(report["hpatches"][name])]
     lines.append(f"| {name} | {tr.get('steps', '-')} | {tr.get('pairs_per_s', '-')} | " + " | ".join(cells) + " |")
+lines += ["", "| method | MMA @1 / @3 / @5 (mean of all pairs) | matches/pair |", "|---|---|---|"]
+for name in ("SIFT", *models):
+    pairs = [p for s in report["hpatches"][name].values() for p in s]
+    mean = np.mean([p["mma@1/3/5"] for p in pairs], axis=0)
+    lines.append(f"| {name} | {mean[0]:.3f} / {mean[1]:.3f} / {mean[2]:.3f} | "
+                 f"{np.mean([p['matches'] for p in pairs]):.0f} |")
 with open(os.path.join(out, f"patch_desc_gpu{tag}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 print("\n".join(lines))
