@@ -10,12 +10,20 @@ corners), ``valid_mask [B,H,W]`` float32 (0 where the homographic warp left the 
 
 On disk (``python -m data_tools.synthetic_shapes --out DIR``): ``DIR/<primitive>/<split>/<index>.png`` (uint8 gray)
 and ``<index>.npy`` (corners ``[N, 2]`` float32, (x, y) pixels, integer = pixel centre), ``DIR/.complete`` last.
+
+Speed: drawing and augmenting are numpy/OpenCV, and inside ``tf.data`` (``tf.numpy_function``) they hold the GIL, so
+more threads do not help (about 500 images/s whatever the cores), while MagicPoint trains on about 4,300 images/s
+on one GPU (docs/benchmarks.md). ``processes=N`` makes the samples in N worker processes instead (each a
+deterministic function of its index, as in-process), e.g. ``synthetic_shapes_dataset.processes = 16``.
 """
 
 from __future__ import annotations
 
+import collections
 import glob
+import itertools
 import math
+import multiprocessing
 import os
 
 import cv2
@@ -511,14 +519,49 @@ class SyntheticShapes:
         return image.astype(np.float32), homographies.keypoint_map(points, h, w), mask
 
 
+_WORKER_SOURCE = {}  # per worker process: the SyntheticShapes of its arguments, built once
+
+
+def _sample_indices(source_args, indices):
+    """Worker process: the samples of ``indices`` stacked (image, keypoint_map, valid_mask), each [n, H, W]."""
+    source = _WORKER_SOURCE.get(source_args)
+    if source is None:
+        source = _WORKER_SOURCE[source_args] = SyntheticShapes(*source_args)
+    samples = [source.sample(int(i)) for i in indices]
+    return tuple(np.stack([sample[k] for sample in samples]).astype(np.float32) for k in range(3))
+
+
+def _from_processes(source_args, indices, processes: int, chunk: int):
+    """Yields the samples of the index iterator ``indices`` in order, made ``chunk`` at a time by a pool of worker
+    processes ('spawn': no copy of this process's TensorFlow state), with at most 2 chunks per process in flight."""
+    pool = multiprocessing.get_context("spawn").Pool(processes)
+    pending = collections.deque()
+    try:
+        while True:
+            while len(pending) < 2 * processes:
+                part = [i for _, i in zip(range(chunk), indices)]
+                if not part:
+                    break
+                pending.append(pool.apply_async(_sample_indices, (source_args, part)))
+            if not pending:
+                return
+            images, kmaps, masks = pending.popleft().get()
+            for j in range(len(images)):
+                yield images[j], kmaps[j], masks[j]
+    finally:
+        pool.terminate()
+
+
 @gin.configurable
 def synthetic_shapes_dataset(split: str, global_batch_size: int, input_context=None, image_size=IMAGE_SIZE,
                              canvas_size=CANVAS_SIZE, data_dir: str | None = None, primitives=PRIMITIVES,
-                             seed: int = 0, num_parallel_calls: int | None = None, max_examples: int | None = None):
+                             seed: int = 0, num_parallel_calls: int | None = None, max_examples: int | None = None,
+                             processes: int = 0):
     """tf.data pipeline of Synthetic Shapes batches (see the module docstring).
 
     ``split == "train"`` is infinite: on the fly, every index is a new image; from ``data_dir`` the files repeat.
     Other splits are one pass over ``max_examples`` (default: the split size). Deterministic for a given seed.
+    ``processes > 0``: the samples are made in that many worker processes (the same samples, in the same order).
     """
     import tensorflow as tf
 
@@ -528,14 +571,34 @@ def synthetic_shapes_dataset(split: str, global_batch_size: int, input_context=N
     h, w = source.image_size
     if h % 8 or w % 8:
         raise ValueError(f"synthetic_shapes.py: image_size must be multiples of 8, got {image_size}")
+    if processes < 0:
+        raise ValueError(f"synthetic_shapes.py: processes must be >= 0, got {processes}")
     if split == "train":
         indices = tf.data.Dataset.counter()
     else:
         indices = tf.data.Dataset.range(len(source) if max_examples is None else int(max_examples))
     batch_size = global_batch_size
+    first, stride = 0, 1
     if input_context is not None:
-        indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        first, stride = input_context.input_pipeline_id, input_context.num_input_pipelines
+        indices = indices.shard(stride, first)
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+    options = tf.data.Options()
+    options.deterministic = True
+    if processes:
+        source_args = (split, seed, source.image_size, source.canvas_size, data_dir, tuple(primitives))
+        stop = None if split == "train" else (len(source) if max_examples is None else int(max_examples))
+
+        def generate():  # a new pool for every iteration of the dataset
+            own = itertools.count(first, stride) if stop is None else iter(range(first, stop, stride))
+            for image, kmap, mask in _from_processes(source_args, own, processes, chunk=max(1, batch_size)):
+                yield {"image": image[..., None], "keypoint_map": kmap, "valid_mask": mask}
+
+        signature = {"image": tf.TensorSpec((h, w, 1), tf.float32), "keypoint_map": tf.TensorSpec((h, w), tf.float32),
+                     "valid_mask": tf.TensorSpec((h, w), tf.float32)}
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        dataset = dataset.batch(batch_size, drop_remainder=split == "train")
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     def load(index):
         image, kmap, mask = tf.numpy_function(lambda i: source.sample(int(i)), [index],
@@ -545,8 +608,6 @@ def synthetic_shapes_dataset(split: str, global_batch_size: int, input_context=N
         mask.set_shape((h, w))
         return {"image": image[..., None], "keypoint_map": kmap, "valid_mask": mask}
 
-    options = tf.data.Options()
-    options.deterministic = True
     dataset = indices.map(load, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=split == "train")
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -105,6 +105,20 @@ def test_synthetic_dataset_batches(tmp_path):
     assert np.abs(np.asarray(train["image"])[0, :, :, 0] - plain).mean() > 1.0  # training batches are augmented
 
 
+def test_worker_processes_make_the_same_batches():
+    """processes=2 (samples made in spawned worker processes) gives exactly the in-process batches."""
+    kwargs = dict(image_size=(32, 40), canvas_size=CANVAS)
+    for split, extra in (("train", {}), ("val", {"max_examples": 5})):
+        plain = list(ss.synthetic_shapes_dataset(split, 4, **kwargs, **extra).take(2))
+        pooled = list(ss.synthetic_shapes_dataset(split, 4, processes=2, **kwargs, **extra).take(2))
+        assert len(plain) == len(pooled) == 2
+        for a, b in zip(plain, pooled):
+            for key in ("image", "keypoint_map", "valid_mask"):
+                np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+    with pytest.raises(ValueError, match="processes"):
+        ss.synthetic_shapes_dataset("train", 4, processes=-1, **kwargs)
+
+
 def test_fixed_set_written_resumed_and_read(tmp_path, subprocess_env, repo_root):
     out = str(tmp_path / "shapes")
     cmd = [sys.executable, "-m", "data_tools.synthetic_shapes", "--out", out, "--train", "2", "--val", "1",
