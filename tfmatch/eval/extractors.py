@@ -200,7 +200,10 @@ def _saved_model_extractor(path, max_keypoints: int, resize, describe_keypoints:
             valid = np.asarray(out["valid"])[0].astype(bool)
             keypoints = np.asarray(out["keypoints"])[0][valid]
             scores = np.asarray(out["scores"])[0][valid]
-            descriptors = np.asarray(out["descriptors"])[0][valid]
+            if "descriptors" in out:
+                descriptors = np.asarray(out["descriptors"])[0][valid]
+            else:  # a detector only (MagicPoint): keypoints for the detection protocols
+                descriptors = np.zeros((len(keypoints), 0), np.float32)
             return _top_k(keypoints, scores, descriptors, max_keypoints)
     elif endpoint == "describe":
         detector = dict(metadata.get("detector") or {"name": "sift"})

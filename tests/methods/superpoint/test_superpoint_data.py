@@ -143,6 +143,20 @@ def test_fixed_set_written_resumed_and_read(tmp_path, subprocess_env, repo_root)
     assert image.shape == (32, 40) and kmap.sum() >= 1 and mask.min() == 1
     with pytest.raises(FileNotFoundError, match="complete"):
         ss.SyntheticShapes("train", data_dir=str(tmp_path))
+    # Two worker processes write the same files.
+    pooled = str(tmp_path / "pooled")
+    assert write_set(pooled, {"train": 2, "val": 1, "test": 1}, (32, 40), (120, 160),
+                     primitives=("draw_star", "draw_cube"), progress=False, workers=2) == 8
+    for primitive in ("draw_star", "draw_cube"):
+        for split in ("train", "val", "test"):
+            folder = os.path.join(primitive, split)
+            assert sorted(os.listdir(os.path.join(pooled, folder))) == sorted(os.listdir(os.path.join(out, folder)))
+            for name in os.listdir(os.path.join(out, folder)):
+                a, b = os.path.join(out, folder, name), os.path.join(pooled, folder, name)
+                if name.endswith(".png"):
+                    np.testing.assert_array_equal(cv2.imread(a, 0), cv2.imread(b, 0))
+                else:
+                    np.testing.assert_array_equal(np.load(a), np.load(b))
 
 
 def _image_folder(tmp_path, count=4, size=(48, 64)):
