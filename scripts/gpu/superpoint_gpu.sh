@@ -19,7 +19,8 @@
 #               command (python -m tfmatch.train, configs/methods/superpoint/superpoint.gin) into
 #               WORK_DIR/superpoint, stopped (SIGINT, SIGKILL 5 s later) after JOINT_SECONDS (default 100; 0 skips; with
 #               JOINT_DEADLINE = epoch seconds, at most until then and at least JOINT_MIN seconds); a checkpoint
-#               every JOINT_EPOCH (250) steps, so at most that many steps are lost at the stop.
+#               every JOINT_EPOCH (250) steps, so at most that many steps are lost at the stop; the pairs are made
+#               in JOINT_PROCESSES (16) worker processes (image_folder_dataset.processes).
 # At the end, the model_dirs under WORK_DIR (operative config + newest checkpoint each) are packed into
 # $OUT/superpoint_models.tar (split into 15 MiB parts superpoint_models.tar.part* when larger: cat them).
 # Results: $OUT/superpoint_gpu.json and .md (magicpoint, speed), $OUT/superpoint_chain.json (adapt, joint),
@@ -291,6 +292,7 @@ if has joint && [ "$JOINT_SECONDS" -gt 0 ]; then
         --gin_file configs/methods/superpoint/superpoint.gin \
         --gin_bindings "IMAGE_DIR = '$PHOTOS'" --gin_bindings "LABEL_DIR = '$LABELS'" \
         --gin_bindings "MAGICPOINT_DIR = '$MAGICPOINT_DIR'" \
+        --gin_bindings "image_folder_dataset.processes = ${JOINT_PROCESSES:-16}" \
         --gin_bindings "train.steps_per_epoch = $JOINT_EPOCH" \
         --gin_bindings "train.max_steps = $(( JOINT_EPOCH * 1000 ))" --gin_bindings "train.log_every = ${JOINT_LOG_EVERY:-50}" \
         ${JOINT_BINDINGS:-} --model_dir "$SUPERPOINT_DIR" > "$OUT/joint_train.log" 2>&1 || true

@@ -127,21 +127,27 @@ class ImageFolder:
 def image_folder_dataset(split: str, global_batch_size: int, input_context=None, image_dir: str = gin.REQUIRED,
                          label_dir: str | None = None, image_size=(240, 320), pairs: bool = True, seed: int = 0,
                          validation_fraction: float = 0.05, photometric: bool = True,
-                         num_parallel_calls: int | None = None, max_examples: int | None = None):
-    """tf.data pipeline over an image folder (see the module docstring); infinite for ``split == "train"``."""
+                         num_parallel_calls: int | None = None, max_examples: int | None = None, processes: int = 0):
+    """tf.data pipeline over an image folder (see the module docstring); infinite for ``split == "train"``.
+
+    ``processes > 0``: the samples (decoding, warping, augmentation: numpy/OpenCV, which hold the GIL inside
+    ``tf.data``) are made in that many worker processes, the same samples in the same order
+    (``tfmatch/data/worker_pool.py``)."""
     import tensorflow as tf
 
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     source = ImageFolder(image_dir, label_dir, split, image_size, seed, validation_fraction, pairs, photometric)
     h, w = source.height, source.width
-    if split == "train":
-        indices = tf.data.Dataset.counter()
-    else:
-        indices = tf.data.Dataset.range(len(source) if max_examples is None else min(len(source), int(max_examples)))
+    if processes < 0:
+        raise ValueError(f"image_folder.py: processes must be >= 0, got {processes}")
+    stop = None if split == "train" else (len(source) if max_examples is None else min(len(source), int(max_examples)))
+    indices = tf.data.Dataset.counter() if stop is None else tf.data.Dataset.range(stop)
     batch_size = global_batch_size
+    first, stride = 0, 1
     if input_context is not None:
-        indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        first, stride = input_context.input_pipeline_id, input_context.num_input_pipelines
+        indices = indices.shard(stride, first)
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
 
     if pairs:
@@ -150,6 +156,16 @@ def image_folder_dataset(split: str, global_batch_size: int, input_context=None,
     else:
         names = ("image", "keypoint_map", "valid_mask")
         shapes = [(h, w)] * 3
+
+    options = tf.data.Options()
+    options.deterministic = True
+    if processes:
+        from tfmatch.data.worker_pool import process_dataset
+
+        args = (image_dir, label_dir, split, tuple(image_size), seed, validation_fraction, pairs, photometric)
+        dataset = process_dataset(ImageFolder, args, names, shapes, processes, first, stride, stop, batch_size,
+                                  drop_remainder=split == "train")
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     def load(index):
         values = tf.numpy_function(lambda i: source.sample(int(i)), [index], [tf.float32] * len(names),
@@ -160,8 +176,6 @@ def image_folder_dataset(split: str, global_batch_size: int, input_context=None,
             out[name] = value[..., None] if name.startswith("image") else value
         return out
 
-    options = tf.data.Options()
-    options.deterministic = True
     dataset = indices.map(load, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=split == "train")
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -14,16 +14,14 @@ and ``<index>.npy`` (corners ``[N, 2]`` float32, (x, y) pixels, integer = pixel 
 Speed: drawing and augmenting are numpy/OpenCV, and inside ``tf.data`` (``tf.numpy_function``) they hold the GIL, so
 more threads do not help (about 500 images/s whatever the cores), while MagicPoint trains on about 4,300 images/s
 on one GPU (docs/benchmarks.md). ``processes=N`` makes the samples in N worker processes instead (each a
-deterministic function of its index, as in-process), e.g. ``synthetic_shapes_dataset.processes = 16``.
+deterministic function of its index, as in-process; ``tfmatch/data/worker_pool.py``), e.g.
+``synthetic_shapes_dataset.processes = 16``.
 """
 
 from __future__ import annotations
 
-import collections
 import glob
-import itertools
 import math
-import multiprocessing
 import os
 
 import cv2
@@ -519,39 +517,6 @@ class SyntheticShapes:
         return image.astype(np.float32), homographies.keypoint_map(points, h, w), mask
 
 
-_WORKER_SOURCE = {}  # per worker process: the SyntheticShapes of its arguments, built once
-
-
-def _sample_indices(source_args, indices):
-    """Worker process: the samples of ``indices`` stacked (image, keypoint_map, valid_mask), each [n, H, W]."""
-    source = _WORKER_SOURCE.get(source_args)
-    if source is None:
-        source = _WORKER_SOURCE[source_args] = SyntheticShapes(*source_args)
-    samples = [source.sample(int(i)) for i in indices]
-    return tuple(np.stack([sample[k] for sample in samples]).astype(np.float32) for k in range(3))
-
-
-def _from_processes(source_args, indices, processes: int, chunk: int):
-    """Yields the samples of the index iterator ``indices`` in order, made ``chunk`` at a time by a pool of worker
-    processes ('spawn': no copy of this process's TensorFlow state), with at most 2 chunks per process in flight."""
-    pool = multiprocessing.get_context("spawn").Pool(processes)
-    pending = collections.deque()
-    try:
-        while True:
-            while len(pending) < 2 * processes:
-                part = [i for _, i in zip(range(chunk), indices)]
-                if not part:
-                    break
-                pending.append(pool.apply_async(_sample_indices, (source_args, part)))
-            if not pending:
-                return
-            images, kmaps, masks = pending.popleft().get()
-            for j in range(len(images)):
-                yield images[j], kmaps[j], masks[j]
-    finally:
-        pool.terminate()
-
-
 @gin.configurable
 def synthetic_shapes_dataset(split: str, global_batch_size: int, input_context=None, image_size=IMAGE_SIZE,
                              canvas_size=CANVAS_SIZE, data_dir: str | None = None, primitives=PRIMITIVES,
@@ -586,18 +551,12 @@ def synthetic_shapes_dataset(split: str, global_batch_size: int, input_context=N
     options = tf.data.Options()
     options.deterministic = True
     if processes:
-        source_args = (split, seed, source.image_size, source.canvas_size, data_dir, tuple(primitives))
+        from tfmatch.data.worker_pool import process_dataset
+
+        args = (split, seed, source.image_size, source.canvas_size, data_dir, tuple(primitives))
         stop = None if split == "train" else (len(source) if max_examples is None else int(max_examples))
-
-        def generate():  # a new pool for every iteration of the dataset
-            own = itertools.count(first, stride) if stop is None else iter(range(first, stop, stride))
-            for image, kmap, mask in _from_processes(source_args, own, processes, chunk=max(1, batch_size)):
-                yield {"image": image[..., None], "keypoint_map": kmap, "valid_mask": mask}
-
-        signature = {"image": tf.TensorSpec((h, w, 1), tf.float32), "keypoint_map": tf.TensorSpec((h, w), tf.float32),
-                     "valid_mask": tf.TensorSpec((h, w), tf.float32)}
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        dataset = dataset.batch(batch_size, drop_remainder=split == "train")
+        dataset = process_dataset(SyntheticShapes, args, ("image", "keypoint_map", "valid_mask"), [(h, w)] * 3,
+                                  processes, first, stride, stop, batch_size, drop_remainder=split == "train")
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     def load(index):

@@ -208,6 +208,10 @@ def test_export_labels_resumes_and_feeds_superpoint_pairs(tmp_path):
     single = next(iter(image_folder_dataset("train", 2, image_dir=images, label_dir=labels, image_size=(32, 48),
                                             validation_fraction=0.0, pairs=False)))
     assert set(single) == {"image", "keypoint_map", "valid_mask"}
+    pooled = next(iter(image_folder_dataset("train", 2, image_dir=images, label_dir=labels, image_size=(32, 48),
+                                            validation_fraction=0.0, processes=2)))
+    for key in batch:  # worker processes make the same pairs
+        np.testing.assert_array_equal(np.asarray(pooled[key]), np.asarray(batch[key]))
 
 
 def test_photo_folder_is_deterministic_complete_and_readable_by_the_pipeline(tmp_path):
