@@ -11,6 +11,7 @@ in-process ones.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import multiprocessing
 
@@ -30,8 +31,13 @@ def _make_samples(factory, args, indices):
 
 def samples_from_processes(factory, args: tuple, indices, processes: int, chunk: int):
     """Yields ``factory(*args).sample(i)`` for each ``i`` of the iterator ``indices``, in order, made in
-    ``processes`` worker processes. ``factory`` and ``args`` must pickle (a module-level class and plain values)."""
-    pool = multiprocessing.get_context("spawn").Pool(processes)
+    ``processes`` worker processes. ``factory`` and ``args`` must pickle (a module-level class and plain values).
+
+    A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: closing the generator early (``take(n)``, the end of
+    training) cancels what is queued and lets the workers finish alone, while ``Pool.terminate()`` could hang on
+    its task-feeding thread (seen in CI).
+    """
+    executor = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
     pending = collections.deque()
     try:
         while True:
@@ -39,14 +45,14 @@ def samples_from_processes(factory, args: tuple, indices, processes: int, chunk:
                 part = list(itertools.islice(indices, chunk))
                 if not part:
                     break
-                pending.append(pool.apply_async(_make_samples, (factory, args, part)))
+                pending.append(executor.submit(_make_samples, factory, args, part))
             if not pending:
                 return
-            arrays = pending.popleft().get()
+            arrays = pending.popleft().result()
             for j in range(len(arrays[0])):
                 yield tuple(a[j] for a in arrays)
     finally:
-        pool.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def process_dataset(factory, args: tuple, names, shapes, processes: int, first: int, stride: int, stop,
