@@ -62,7 +62,7 @@ def main(argv):
     if (FLAGS.saved_model is None) == (FLAGS.method is None):
         raise app.UsageError("give exactly one of --saved_model and --method")
     if argv[1] == "shapes":
-        print(json.dumps(_evaluate_shapes(), indent=2))
+        print(json.dumps(_evaluate_shapes(make_extractor), indent=2))
         return
     if FLAGS.method not in (None, "sift", "orb"):
         raise app.UsageError(f"--method {FLAGS.method} has no descriptors: it is for the shapes protocol only")
@@ -96,7 +96,7 @@ def main(argv):
     print(json.dumps(summary, indent=2))
 
 
-def _evaluate_shapes():
+def _evaluate_shapes(make_extractor):
     from tfmatch.eval.shapes import ShapesProtocol, classical_corners, evaluate_shapes
 
     protocol = ShapesProtocol(data=FLAGS.shapes_data, max_images=FLAGS.max_images,
@@ -109,8 +109,6 @@ def _evaluate_shapes():
         def detect(image):
             return classical_corners(FLAGS.method, image, protocol.max_keypoints, protocol.nms_radius)
     else:
-        from tfmatch.eval.extractors import make_extractor
-
         extractor = make_extractor(FLAGS.saved_model, None, protocol.max_keypoints, ())
         name = FLAGS.name or extractor.name
 

@@ -538,10 +538,8 @@ def synthetic_shapes_dataset(split: str, global_batch_size: int, input_context=N
         raise ValueError(f"synthetic_shapes.py: image_size must be multiples of 8, got {image_size}")
     if processes < 0:
         raise ValueError(f"synthetic_shapes.py: processes must be >= 0, got {processes}")
-    if split == "train":
-        indices = tf.data.Dataset.counter()
-    else:
-        indices = tf.data.Dataset.range(len(source) if max_examples is None else int(max_examples))
+    stop = None if split == "train" else (len(source) if max_examples is None else int(max_examples))
+    indices = tf.data.Dataset.counter() if stop is None else tf.data.Dataset.range(stop)
     batch_size = global_batch_size
     first, stride = 0, 1
     if input_context is not None:
@@ -554,7 +552,6 @@ def synthetic_shapes_dataset(split: str, global_batch_size: int, input_context=N
         from tfmatch.data.worker_pool import process_dataset
 
         args = (split, seed, source.image_size, source.canvas_size, data_dir, tuple(primitives))
-        stop = None if split == "train" else (len(source) if max_examples is None else int(max_examples))
         dataset = process_dataset(SyntheticShapes, args, ("image", "keypoint_map", "valid_mask"), [(h, w)] * 3,
                                   processes, first, stride, stop, batch_size, drop_remainder=split == "train")
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -3,9 +3,9 @@
 Inside ``tf.data`` such work runs through ``tf.numpy_function`` and holds the GIL, so more threads do not make it
 faster (Synthetic Shapes: about 500 images/s whatever the cores; a GPU trains MagicPoint on several thousand).
 Here a pool of ``spawn`` processes (no copy of the parent's TensorFlow state) builds the same source object and
-makes the samples of an index sequence in order, ``chunk`` at a time, with at most two chunks per process in
-flight; a generator hands them to ``tf.data``. Every sample is a function of its index, so the batches equal the
-in-process ones.
+makes the samples of an index sequence in order, one batch per task, with at most two batches per process in
+flight; a generator hands the stacked batches to ``tf.data``. Every sample is a function of its index, so the
+batches equal the in-process ones.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ def _make_samples(factory, args, indices):
     return tuple(np.stack([sample[k] for sample in samples]) for k in range(len(samples[0])))
 
 
-def samples_from_processes(factory, args: tuple, indices, processes: int, chunk: int):
-    """Yields ``factory(*args).sample(i)`` for each ``i`` of the iterator ``indices``, in order, made in
-    ``processes`` worker processes. ``factory`` and ``args`` must pickle (a module-level class and plain values).
+def batches_from_processes(factory, args: tuple, indices, processes: int, batch_size: int):
+    """Yields the samples ``factory(*args).sample(i)`` of the iterator ``indices``, in order, ``batch_size`` at a time
+    (each output stacked, the last batch possibly shorter), made in ``processes`` worker processes. ``factory`` and
+    ``args`` must pickle (a module-level class and plain values).
 
     A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: closing the generator early (``take(n)``, the end of
     training) cancels what is queued and lets the workers finish alone, while ``Pool.terminate()`` could hang on
@@ -42,32 +43,33 @@ def samples_from_processes(factory, args: tuple, indices, processes: int, chunk:
     try:
         while True:
             while len(pending) < 2 * processes:
-                part = list(itertools.islice(indices, chunk))
+                part = list(itertools.islice(indices, batch_size))
                 if not part:
                     break
                 pending.append(executor.submit(_make_samples, factory, args, part))
             if not pending:
                 return
-            arrays = pending.popleft().result()
-            for j in range(len(arrays[0])):
-                yield tuple(a[j] for a in arrays)
+            yield pending.popleft().result()
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
 
 
 def process_dataset(factory, args: tuple, names, shapes, processes: int, first: int, stride: int, stop,
                     batch_size: int, drop_remainder: bool):
-    """A batched ``tf.data.Dataset`` of dicts ``name -> float32`` sample arrays (names starting with 'image' get a
-    channel axis) over indices ``first, first + stride, ...`` (endless when ``stop`` is None)."""
+    """A ``tf.data.Dataset`` of batches, dicts ``name -> float32 [B, ...]`` (names starting with 'image' get a
+    channel axis), over indices ``first, first + stride, ...`` (endless when ``stop`` is None). The workers make
+    whole batches, so nothing is split into samples and batched again in this process."""
     import tensorflow as tf
 
     def generate():  # a new pool for every pass over the dataset
         own = itertools.count(first, stride) if stop is None else iter(range(first, stop, stride))
-        for values in samples_from_processes(factory, args, own, processes, chunk=max(1, batch_size)):
+        for values in batches_from_processes(factory, args, own, processes, max(1, batch_size)):
+            if drop_remainder and len(values[0]) < batch_size:
+                return
             yield {name: (np.asarray(v, np.float32)[..., None] if name.startswith("image") else np.asarray(v, np.float32))
                    for name, v in zip(names, values)}
 
-    signature = {name: tf.TensorSpec(tuple(shape) + ((1,) if name.startswith("image") else ()), tf.float32)
-                 for name, shape in zip(names, shapes)}
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+    batch_dim = batch_size if drop_remainder else None
+    signature = {name: tf.TensorSpec((batch_dim,) + tuple(shape) + ((1,) if name.startswith("image") else ()),
+                                     tf.float32) for name, shape in zip(names, shapes)}
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
