@@ -70,7 +70,9 @@ def write_set(out: str, sizes: dict, image_size=ss.IMAGE_SIZE, canvas_size=ss.CA
     if workers > 1 and len(todo) > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        from tfmatch.data.worker_pool import single_threaded_opencv
+
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=single_threaded_opencv) as pool:
             for _ in pool.imap_unordered(_write_one, todo, chunksize=16):
                 bar.update()
     else:

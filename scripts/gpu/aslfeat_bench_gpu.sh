@@ -3,6 +3,7 @@
 # after setup_device.sh; every result line is appended to $OUT/bench.jsonl as soon as it exists.
 #   OUT=/tmp/out sh scripts/gpu/aslfeat_bench_gpu.sh train   # tfmatch.benchmark --mode train, then tfmatch.train
 #   OUT=/tmp/out sh scripts/gpu/aslfeat_bench_gpu.sh infer   # tfmatch.benchmark --mode infer at 480x640, batch 16
+#   OUT=/tmp/out BATCH=8 sh scripts/gpu/aslfeat_bench_gpu.sh batch  # base stage at batch 8: benchmark and trainer
 # Both stages (base.gin, dcn.gin), float32 (the recipe) and ASLFeat.compute_dtype='bfloat16'. The synthetic GL3D
 # set (16 scenes x 8 images) is built once in $GL3D (default $HOME/gl3d).
 set -u
@@ -25,6 +26,17 @@ bench() {  # recipe dtype args...
         | grep '^{' | sed "s/^{/{\"recipe\": \"$recipe\", \"compute_dtype\": \"$dtype\", /" | tee -a "$R"
 }
 
+trainer() {  # dtype batch: the trainer itself, base recipe, 480 px, steps_per_execution 10 (base.gin); steps/s
+    # from its log, appended to $OUT/train_log.txt
+    echo "== tfmatch.train base $1 batch $2" | tee -a "$OUT/train_log.txt"
+    rm -rf "/tmp/aslfeat_train_speed_$1_$2"
+    timeout -k 10 --signal=INT "${TRAIN_SECONDS:-110}" python3 -m tfmatch.train \
+        --gin_file configs/methods/aslfeat/base.gin --gin_bindings "GL3D_ROOT = '$G'" \
+        --gin_bindings "ASLFeat.compute_dtype = '$1'" --gin_bindings "train.batch_size = $2" \
+        --gin_bindings "train.steps_per_epoch = 2000" --gin_bindings "train.log_every = 200" \
+        --model_dir "/tmp/aslfeat_train_speed_$1_$2" 2>&1 | grep -E "^step |tfmatch\]|Error" | tee -a "$OUT/train_log.txt"
+}
+
 case "${1:-train}" in
 train)
     for recipe in base dcn; do
@@ -32,11 +44,14 @@ train)
             bench $recipe $dtype --mode train --batch 2 --steps 300 --warmup 20
         done
     done
-    # The trainer itself, base recipe, 480 px, batch 2, steps_per_execution 10 (base.gin): steps/s from its log.
-    timeout -k 10 --signal=INT "${TRAIN_SECONDS:-110}" python3 -m tfmatch.train \
-        --gin_file configs/methods/aslfeat/base.gin --gin_bindings "GL3D_ROOT = '$G'" \
-        --gin_bindings "train.steps_per_epoch = 2000" --gin_bindings "train.log_every = 200" \
-        --model_dir /tmp/aslfeat_train_speed 2>&1 | grep -E "^step |tfmatch\]|Error" | tee "$OUT/train_log.txt"
+    trainer float32 2
+    ;;
+batch)  # larger batches than the recipe's 2 pairs: where the step stops being bound by small kernels
+    for dtype in bfloat16 float32; do
+        bench base $dtype --mode train --batch "${BATCH:-8}" --steps 100 --warmup 10
+    done
+    trainer bfloat16 2
+    trainer bfloat16 "${BATCH:-8}"
     ;;
 infer)
     for recipe in base dcn; do
