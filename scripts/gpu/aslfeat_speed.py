@@ -110,27 +110,33 @@ def stateless(model, method):
     return jax.jit(run), [v.value for v in variables]
 
 
+def build_train_step(batch, **kwargs):
+    """One jitted training step (loss, gradients, SGD update) of ``ASLFeat(**kwargs)``: ``(step, state)``, called
+    as ``step(*state, batch)``."""
+    keras.utils.set_random_seed(0)
+    model = ASLFeat(**kwargs)
+    model(batch, training=False)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+
+    def step(trainable, non_trainable, opt_vars, data):
+        def loss_fn(trainable):
+            pred, new_non_trainable = model.stateless_call(trainable, non_trainable, data, training=True)
+            loss = model.loss_terms(data, pred)["descriptor_loss"]
+            return loss, new_non_trainable
+
+        (loss, new_non_trainable), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        new_trainable, new_opt = optimizer.stateless_apply(opt_vars, grads, trainable)
+        return loss, new_trainable, new_non_trainable, new_opt
+
+    state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+             [v.value for v in optimizer.variables])
+    return jax.jit(step), state
+
+
 def train_step_ms(batch, batch_size, patch, **kwargs):
     with patch:
-        keras.utils.set_random_seed(0)
-        model = ASLFeat(**kwargs)
-        model(batch, training=False)
-        optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-        optimizer.build(model.trainable_variables)
-
-        def step(trainable, non_trainable, opt_vars, data):
-            def loss_fn(trainable):
-                pred, new_non_trainable = model.stateless_call(trainable, non_trainable, data, training=True)
-                loss = model.loss_terms(data, pred)["descriptor_loss"]
-                return loss, new_non_trainable
-
-            (loss, new_non_trainable), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-            new_trainable, new_opt = optimizer.stateless_apply(opt_vars, grads, trainable)
-            return loss, new_trainable, new_non_trainable, new_opt
-
-        jitted = jax.jit(step)
-        state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
-                 [v.value for v in optimizer.variables])
+        jitted, state = build_train_step(batch, **kwargs)
         ms = median_ms(lambda: jitted(*state, batch), calls=10)
         loss = float(jitted(*state, batch)[0])
     return {"ms_per_step": ms, "pairs_per_second": round(1000 * batch_size / ms, 1), "loss": round(loss, 4)}

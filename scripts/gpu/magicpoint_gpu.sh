@@ -9,6 +9,8 @@
 #      split (never trained on) next to FAST, Harris and Shi-Tomasi.
 # Results: $OUT/shapes/*.json, $OUT/train_log.txt, $OUT/magicpoint.tar (config + newest checkpoint).
 #   OUT=/tmp/out WORK_DIR=/tmp/mpw TRAIN_SECONDS=420 sh scripts/gpu/magicpoint_gpu.sh
+# Longer than one device call: run it again with the same WORK_DIR (the set is reused, the training resumes from
+# the newest checkpoint); SKIP_EVAL=1 skips steps 3 (export and evaluation) in all calls but the last.
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -17,7 +19,7 @@ OUT=${OUT:-/tmp/magicpoint_gpu}
 WORK_DIR=${WORK_DIR:-$OUT/work}
 WORKERS=${WORKERS:-16}
 TRAIN_SECONDS=${TRAIN_SECONDS:-420}
-EPOCH=${EPOCH:-2500}
+EPOCH=${EPOCH:-1000}
 SHAPES_ARGS=${SHAPES_ARGS:-}        # e.g. "--train 100 --val 2 --test 2 --canvas_height 120 --canvas_width 160" (dry run)
 TRAIN_ARGS=${TRAIN_ARGS:-}          # extra tfmatch.train flags (dry run: --gin_file configs/mixins/tiny.gin ...)
 EVAL_ARGS=${EVAL_ARGS:-}            # extra tfmatch.evaluate flags (dry run: --max_images 20)
@@ -38,6 +40,10 @@ timeout -k 20 --signal=INT "$TRAIN_SECONDS" "$PY" -m tfmatch.train \
     --gin_bindings "MagicPoint.dustbin_bias = 5.0" \
     --gin_bindings "train.steps_per_epoch = $EPOCH" --gin_bindings "train.log_every = 250" \
     --model_dir "$MODEL" 2>&1 | grep -E "^step |tfmatch\]|Error|error" | tee "$OUT/train_log.txt"
+if [ -n "${SKIP_EVAL:-}" ]; then
+    stamp "done (SKIP_EVAL: no export or evaluation)"
+    exit 0
+fi
 stamp "export and evaluation"
 "$PY" -m tfmatch.export --model_dir "$MODEL" 2>&1 | grep -E "tfmatch.export|Error" | tail -2
 # shellcheck disable=SC2086

@@ -1,0 +1,108 @@
+"""Which kernels take ASLFeat's training step time on one GPU (JAX): a profiler trace, summed per kernel.
+
+    KERAS_BACKEND=jax python3 scripts/gpu/aslfeat_profile.py [OUT_JSON] [float32,bfloat16]
+
+Runs the model-only training step of ``aslfeat_speed.py`` (batch 2, 480 x 480 synthetic plane pairs on the device, as aslfeat_speed.py)
+ten times under ``jax.profiler.trace`` for each compute dtype, reads the trace's XPlane protobuf with the parser
+that ships inside TensorFlow (no TensorBoard profile plugin needed), and reports, for every line (CUDA stream, "XLA
+Ops", ...) of every device plane, the total time and the 25 longest event names with their share and count per
+step, plus a coarse split: convolution / matmul kernels, reductions, transposes and copies, other fusions. The
+numbers say whether the step is bound by the convolutions' kernels, by elementwise passes (BN, ReLU, casts), or by
+layout changes, which the step time alone cannot.
+"""
+
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import aslfeat_speed as speed  # noqa: E402
+
+STEPS = 10
+CATEGORIES = (  # first match wins; kernel and HLO names differ across CUDA/XLA versions, hence the wide patterns
+    ("convolution/matmul", re.compile(r"conv|cudnn|xmma|gemm|cutlass|sm\d+_|wgrad|dgrad|fprop|implicit", re.I)),
+    ("transpose/copy", re.compile(r"transpose|copy|memcpy|memset", re.I)),
+    ("reduction", re.compile(r"reduce|reduction", re.I)),
+    ("other fusion/elementwise", re.compile(r".")),
+)
+
+
+def summarise(xspace_path, steps, planes=r"device|gpu"):
+    """``{plane: {line: {"total_ms_per_step", "categories", "top": [[name, ms_per_step, share, count]]}}}`` for the
+    planes whose name matches ``planes`` (GPU: "/device:GPU:0"; on a CPU the events are on "/host:CPU")."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(xspace_path, "rb") as f:
+        space.ParseFromString(f.read())
+    report = {}
+    for plane in space.planes:
+        if not re.search(planes, plane.name, re.I):
+            continue
+        names = {key: (meta.display_name or meta.name) for key, meta in plane.event_metadata.items()}
+        lines = {}
+        for line in plane.lines:
+            totals, counts = collections.Counter(), collections.Counter()
+            for event in line.events:
+                name = names.get(event.metadata_id, str(event.metadata_id))
+                totals[name] += event.duration_ps
+                counts[name] += 1
+            total = sum(totals.values())
+            if not total:
+                continue
+            categories = collections.Counter()
+            for name, ps in totals.items():
+                categories[next(c for c, pattern in CATEGORIES if pattern.search(name))] += ps
+            lines[line.name or str(line.id)] = {
+                "total_ms_per_step": round(total / 1e9 / steps, 3),
+                "categories": {c: round(ps / total, 3) for c, ps in categories.most_common()},
+                "top": [[name[:160], round(ps / 1e9 / steps, 4), round(ps / total, 3), counts[name] // steps]
+                        for name, ps in totals.most_common(25)],
+            }
+        if lines:
+            report[plane.name] = lines
+    return report
+
+
+def main():
+    out_path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.environ.get("OUT", "/tmp"), "aslfeat_profile.json")
+    dtypes = (sys.argv[2] if len(sys.argv) > 2 else "float32,bfloat16").split(",")
+    rng = np.random.default_rng(0)
+    pairs = [speed.make_batch(rng, speed.TRAIN_PHOTOS, 1, size=speed.SIZE, focal=float(speed.SIZE)) for _ in range(2)]
+    batch = {k: jax.device_put(np.concatenate([p[k] for p in pairs])) for k in speed.KEYS}
+    results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
+               "size": [speed.HEIGHT, speed.WIDTH], "batch": 2, "steps": STEPS}
+    for dtype in dtypes:
+        step, state = speed.build_train_step(batch, compute_dtype=dtype)
+        for _ in range(3):  # compile and warm up outside the trace
+            jax.block_until_ready(step(*state, batch))
+        start = time.perf_counter()
+        for _ in range(STEPS):
+            out = step(*state, batch)
+        jax.block_until_ready(out)
+        results[f"{dtype}_ms_per_step_untraced"] = round(1000 * (time.perf_counter() - start) / STEPS, 3)
+        with tempfile.TemporaryDirectory() as trace_dir:
+            with jax.profiler.trace(trace_dir):
+                for _ in range(STEPS):
+                    out = step(*state, batch)
+                jax.block_until_ready(out)
+            paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+            results[dtype] = summarise(paths[0], STEPS) if paths else {"error": "no xplane.pb written"}
+        print(json.dumps({dtype: results[dtype]})[:4000], flush=True)
+        with open(out_path, "w") as f:  # what is done so far survives a time limit
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
