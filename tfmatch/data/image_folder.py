@@ -163,8 +163,9 @@ def image_folder_dataset(split: str, global_batch_size: int, input_context=None,
         from tfmatch.data.worker_pool import process_dataset
 
         args = (image_dir, label_dir, split, tuple(image_size), seed, validation_fraction, pairs, photometric)
+        binary = {name: np.uint8 for name in names if name.startswith(("keypoint_map", "valid_mask"))}
         dataset = process_dataset(ImageFolder, args, names, shapes, processes, first, stride, stop, batch_size,
-                                  drop_remainder=split == "train")
+                                  drop_remainder=split == "train", transport=binary)
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     def load(index):

@@ -553,7 +553,8 @@ def synthetic_shapes_dataset(split: str, global_batch_size: int, input_context=N
 
         args = (split, seed, source.image_size, source.canvas_size, data_dir, tuple(primitives))
         dataset = process_dataset(SyntheticShapes, args, ("image", "keypoint_map", "valid_mask"), [(h, w)] * 3,
-                                  processes, first, stride, stop, batch_size, drop_remainder=split == "train")
+                                  processes, first, stride, stop, batch_size, drop_remainder=split == "train",
+                                  transport={"keypoint_map": np.uint8, "valid_mask": np.uint8})  # binary maps
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     def load(index):
