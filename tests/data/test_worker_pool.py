@@ -38,3 +38,14 @@ def test_batches_come_back_equal_and_binary_maps_as_uint8(tmp_path, monkeypatch)
 def test_a_transport_dtype_that_cannot_hold_the_values_is_an_error():
     with pytest.raises(ValueError, match="output 0 of Source is not exactly representable as uint8"):
         next(worker_pool.batches_from_processes(Source, (), itertools.count(), 1, 2, (np.uint8, None)))
+
+
+def test_float_outputs_are_cast_like_the_in_process_pipeline():
+    """float32 transport of a float64 output rounds (as np.asarray(v, float32) did), it does not raise."""
+    batch = next(worker_pool.batches_from_processes(Float64Source, (), itertools.count(), 1, 2, (np.float32,)))
+    assert batch[0].dtype == np.float32 and np.allclose(batch[0], 0.1)
+
+
+class Float64Source:
+    def sample(self, index):
+        return (np.full((2, 2), 0.1, np.float64),)

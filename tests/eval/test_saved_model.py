@@ -1,16 +1,15 @@
 """The SavedModel path of the harness: a tiny exported model (``keras.export.ExportArchive``) whose ``extract``
 returns a fixed grid of keypoints (some marked invalid) with descriptors = L2-normalised raw 5x5 patches."""
 
-import json
-
 import numpy as np
 import pytest
+
+from tests.eval._archives import write_extract_archive
 
 STEP, GRID, PATCH = 12, 20, 2  # grid x, y = 6, 18, ... (GRID x GRID candidates); patch radius
 
 
 def _export(path):
-    import keras
     import tensorflow as tf
 
     offsets = tf.constant([(dy, dx) for dy in range(-PATCH, PATCH + 1) for dx in range(-PATCH, PATCH + 1)],
@@ -32,14 +31,8 @@ def _export(path):
         return {"keypoints": tile(tf.cast(grid, tf.float32)), "scores": tile(tf.cast(valid, tf.float32)),
                 "descriptors": descriptors, "valid": tile(valid)}
 
-    model = keras.Sequential([keras.layers.Identity(name="identity")], name="grid_patches")
-    model.build((None, None, None, 1))
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("extract", extract, input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
-    archive.write_out(str(path))
-    metadata = {"method": "GridPatches", "endpoint": "extract", "input": {"channels": 1}}
-    (path / "metadata.json").write_text(json.dumps(metadata))
+    write_extract_archive(path, extract, "grid_patches",
+                          {"method": "GridPatches", "endpoint": "extract", "input": {"channels": 1}})
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.eval._archives import write_extract_archive
 from tests.runtime._cli import run_cli
 from tfmatch.eval.shapes import ShapesProtocol, classical_corners, evaluate_shapes, held_out_shapes
 
@@ -44,7 +45,6 @@ def test_perfect_and_empty_detectors(tmp_path):
 
 def _export_corner_detector(path, corners):
     """A SavedModel whose extract returns the given corners (and one invalid row), without descriptors."""
-    import keras
     import tensorflow as tf
 
     points = tf.constant(np.concatenate([corners, [[0.0, 0.0]]]), tf.float32)
@@ -55,14 +55,8 @@ def _export_corner_detector(path, corners):
         tile = lambda t: tf.tile(t[None], [batch] + [1] * len(t.shape))  # noqa: E731
         return {"keypoints": tile(points), "scores": tile(tf.cast(valid, tf.float32)), "valid": tile(valid)}
 
-    model = keras.Sequential([keras.layers.Identity(name="identity")], name="corners")
-    model.build((None, None, None, 1))
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("extract", extract, input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
-    archive.write_out(str(path))
-    (path / "metadata.json").write_text(json.dumps({"method": "Corners", "endpoint": "extract",
-                                                    "input": {"channels": 1}, "descriptor_dim": 0}))
+    write_extract_archive(path, extract, "corners", {"method": "Corners", "endpoint": "extract",
+                                                     "input": {"channels": 1}, "descriptor_dim": 0})
 
 
 def test_cli_with_a_detector_only_saved_model_and_a_baseline(tmp_path, repo_root, subprocess_env):

@@ -28,6 +28,13 @@ import numpy as np
 
 _SOURCES = {}  # per worker process: the source object of each (factory, args), built once
 _WRITTEN = itertools.count()  # per worker process: a serial number for spool file names
+_SPOOLS = set()  # in the parent: spool directories not yet removed (removed again at exit, see below)
+
+
+@atexit.register
+def _remove_spools():
+    for spool in list(_SPOOLS):
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def single_threaded_opencv():
@@ -43,7 +50,8 @@ def single_threaded_opencv():
 
 def _make_samples(factory, args, indices, spool: str, transport: tuple):
     """Makes the samples of ``indices`` and writes each stacked output to a file in ``spool``, cast to its
-    ``transport`` dtype (None: as made) where that is exact; returns ``[(path, dtype, shape)]``."""
+    ``transport`` dtype (None: as made; a cast to an integer dtype must be exact); returns
+    ``[(path, dtype, shape)]``."""
     key = (factory, args)
     source = _SOURCES.get(key)
     if source is None:
@@ -56,7 +64,7 @@ def _make_samples(factory, args, indices, spool: str, transport: tuple):
         dtype = transport[k] if k < len(transport) else None
         if dtype is not None and np.dtype(dtype) != values.dtype:
             sent = values.astype(dtype)
-            if not np.array_equal(sent, values):
+            if sent.dtype.kind in "iub" and not np.array_equal(sent, values):
                 raise ValueError(f"worker_pool: output {k} of {factory.__name__} is not exactly representable as "
                                  f"{np.dtype(dtype).name} (values {values.min()}..{values.max()})")
             values = sent
@@ -79,14 +87,14 @@ def batches_from_processes(factory, args: tuple, indices, processes: int, batch_
     """Yields the samples ``factory(*args).sample(i)`` of the iterator ``indices``, in order, ``batch_size`` at a time
     (each output stacked, the last batch possibly shorter), made in ``processes`` worker processes. ``factory`` and
     ``args`` must pickle (a module-level class and plain values). ``transport``: per output, a dtype to carry it in
-    (it must hold the values exactly, else the worker raises), or None to keep the dtype the source made.
+    (an integer dtype must hold the values exactly, else the worker raises), or None to keep the source's dtype.
 
     A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: closing the generator early (``take(n)``, the end of
     training) cancels what is queued and lets the workers finish alone, while ``Pool.terminate()`` could hang on
     its task-feeding thread (seen in CI).
     """
     spool = tempfile.mkdtemp(prefix="tfmatch-pool-")
-    atexit.register(shutil.rmtree, spool, True)  # again at exit: a worker may still write after the cleanup below
+    _SPOOLS.add(spool)  # removed again at exit: a worker may still write after the cleanup below
     executor = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                                       initializer=single_threaded_opencv)
     transport = tuple(transport)
@@ -107,6 +115,8 @@ def batches_from_processes(factory, args: tuple, indices, processes: int, batch_
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(spool, ignore_errors=True)
+        if not os.path.exists(spool):
+            _SPOOLS.discard(spool)
 
 
 def process_dataset(factory, args: tuple, names, shapes, processes: int, first: int, stride: int, stop,
@@ -115,7 +125,7 @@ def process_dataset(factory, args: tuple, names, shapes, processes: int, first: 
     channel axis), over indices ``first, first + stride, ...`` (endless when ``stop`` is None). The workers make
     whole batches, so nothing is split into samples and batched again in this process. ``transport``: ``{name:
     dtype}`` for outputs that travel in a smaller dtype that holds them exactly (binary maps: uint8); they are cast
-    to float32 inside ``tf.data``, outside the GIL."""
+    to float32 inside ``tf.data``, outside the GIL. The other outputs travel as float32 (cast in the workers)."""
     import tensorflow as tf
 
     transport = dict(transport or {})
