@@ -71,11 +71,18 @@ kpts, _, kvalid, desc = jax.jit(lambda s, d: (lambda k, sc, v: (k, sc, v, sample
 jit_ok = (np.allclose(np.asarray(warped), [4.0, 2.0], atol=1e-4) and bool(np.asarray(valid).all())
           and np.asarray(kpts)[0, 0].tolist() == [7.0, 5.0] and np.asarray(kvalid)[0].tolist() == [True, False, False]
           and desc.shape == (1, 3, 4))
+# The peakiness score's hand-written gradient equals autodiff's under jax.jit.
+from tfmatch.layers.peakiness import peakiness_score, peakiness_score_autodiff
+feat = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 8, 4)), "float32")
+up = jnp.asarray(np.random.default_rng(2).normal(size=(2, 9, 8)), "float32")
+peak_grads = [jax.jit(jax.grad(lambda f, fn=fn: jnp.sum(fn(f, 2) * up)))(feat)
+              for fn in (peakiness_score, peakiness_score_autodiff)]
+peak_ok = bool(np.allclose(np.asarray(peak_grads[0]), np.asarray(peak_grads[1]), atol=1e-5))
 leaked = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow."))
 print("RESULT " + json.dumps({
     "imported": imported, "failures": failures, "leaked": leaked, "value": float(value),
     "grad_finite": bool(np.isfinite(np.asarray(grad_map)).all() and np.isfinite(np.asarray(grad_points)).all()),
-    "jit_ok": bool(jit_ok),
+    "jit_ok": bool(jit_ok), "peakiness_gradient_ok": peak_ok,
     "grad_nonzero": bool(np.abs(np.asarray(grad_points)).sum() > 0 and np.abs(np.asarray(grad_map)).sum() > 0),
 }))
 '''
@@ -95,4 +102,5 @@ def test_model_packages_run_on_jax_without_tensorflow(subprocess_env):
         assert required in result["imported"]
     assert result["grad_finite"] and result["grad_nonzero"]
     assert result["value"] > 0
+    assert result["peakiness_gradient_ok"], "peakiness_score's hand-written gradient differs from autodiff on JAX"
     assert result["jit_ok"], "warp_with_depth / select_top_k / sample_descriptors give wrong results under jax.jit"

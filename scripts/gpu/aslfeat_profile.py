@@ -1,14 +1,17 @@
 """Which kernels take ASLFeat's training step time on one GPU (JAX): a profiler trace, summed per kernel.
 
-    KERAS_BACKEND=jax python3 scripts/gpu/aslfeat_profile.py [OUT_JSON] [float32,bfloat16]
+    KERAS_BACKEND=jax python3 scripts/gpu/aslfeat_profile.py [OUT_JSON] [float32,bfloat16,float32:autodiff]
 
-Runs the model-only training step of ``aslfeat_speed.py`` (batch 2, 480 x 480 synthetic plane pairs on the device, as aslfeat_speed.py)
-ten times under ``jax.profiler.trace`` for each compute dtype, reads the trace's XPlane protobuf with the parser
-that ships inside TensorFlow (no TensorBoard profile plugin needed), and reports, for every line (CUDA stream, "XLA
-Ops", ...) of every device plane, the total time and the 25 longest event names with their share and count per
-step, plus a coarse split: convolution / matmul kernels, reductions, transposes and copies, other fusions. The
-numbers say whether the step is bound by the convolutions' kernels, by elementwise passes (BN, ReLU, casts), or by
-layout changes, which the step time alone cannot.
+Each variant is a compute dtype, optionally ``:autodiff`` to differentiate the peakiness score by autodiff instead
+of its hand-written gradient (``tfmatch/layers/peakiness.py``), to measure what that gradient saves.
+
+Runs the model-only training step of ``aslfeat_speed.py`` (batch 2, 480 x 480 synthetic plane pairs on the device)
+ten times under ``jax.profiler.trace`` for each variant (writing the optimised HLO beside OUT_JSON), reads the
+trace's XPlane protobuf with the parser that ships inside TensorFlow (no TensorBoard profile plugin needed), and
+reports, for every line (CUDA stream, "XLA Ops", ...) of every device plane, the total time and the 25 longest event
+names with their share and count per step, plus a coarse split: convolution / matmul kernels, reductions,
+transposes and copies, other fusions. The numbers say whether the step is bound by the convolutions' kernels, by
+elementwise passes (BN, ReLU, casts), or by layout changes, which the step time alone cannot.
 """
 
 import collections
@@ -38,9 +41,35 @@ CATEGORIES = (  # first match wins; kernel and HLO names differ across CUDA/XLA 
 )
 
 
-def summarise(xspace_path, steps, planes=r"device|gpu"):
-    """``{plane: {line: {"total_ms_per_step", "categories", "top": [[name, ms_per_step, share, count]]}}}`` for the
-    planes whose name matches ``planes`` (GPU: "/device:GPU:0"; on a CPU the events are on "/host:CPU")."""
+PARTS = (  # first match wins, on the op names (Keras scopes) inside a kernel's fused computation
+    ("detector (peakiness)", re.compile(r"peakiness")),
+    ("batch norm / relu", re.compile(r"/bn/|relu")),
+    ("loss and sampling", re.compile(r"loss|contrastive|sample|take_along|top_k|warp")),
+)
+
+
+def kernel_parts(hlo_text):
+    """``{kernel name: part}`` from the optimised HLO: a fusion ``fusion.12`` runs as kernel ``fusion_12``; its part is
+    the first of ``PARTS`` that an op name inside its fused computation matches; cuDNN calls are convolutions."""
+    bodies = dict(re.findall(r"\n%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.S))
+    parts = {}
+    for name, rest in re.findall(r"\n\s*(?:ROOT )?%([\w.\-]+) = ([^\n]*)", hlo_text):
+        kernel = re.sub(r"\.(\d+)$", r"_\1", name)
+        if "__cudnn$conv" in rest:
+            parts[kernel] = "convolution"
+            continue
+        called = re.search(r"calls=%([\w.\-]+)", rest)
+        text = bodies.get(called.group(1), "") if called else rest
+        op_names = " ".join(re.findall(r'op_name="([^"]*)"', text))
+        parts[kernel] = next((part for part, pattern in PARTS if pattern.search(op_names)), "other")
+    return parts
+
+
+def summarise(xspace_path, steps, planes=r"device|gpu", parts=None):
+    """``{plane: {line: {"total_ms_per_step", "categories", "parts", "top": [[name, ms_per_step, share, count]]}}}``
+    for the planes whose name matches ``planes`` (GPU: "/device:GPU:0"; on a CPU the events are on "/host:CPU");
+    ``parts`` (``kernel_parts``) groups all kernels by the part of the model they belong to (cuDNN kernels, whose
+    names are not HLO names, count as convolution)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
@@ -61,12 +90,15 @@ def summarise(xspace_path, steps, planes=r"device|gpu"):
             total = sum(totals.values())
             if not total:
                 continue
-            categories = collections.Counter()
+            categories, by_part = collections.Counter(), collections.Counter()
             for name, ps in totals.items():
-                categories[next(c for c, pattern in CATEGORIES if pattern.search(name))] += ps
+                category = next(c for c, pattern in CATEGORIES if pattern.search(name))
+                categories[category] += ps
+                by_part[(parts or {}).get(name, "convolution" if category == "convolution/matmul" else "other")] += ps
             lines[line.name or str(line.id)] = {
                 "total_ms_per_step": round(total / 1e9 / steps, 3),
                 "categories": {c: round(ps / total, 3) for c, ps in categories.most_common()},
+                "parts_ms_per_step": {p: round(ps / 1e9 / steps, 3) for p, ps in by_part.most_common()},
                 "top": [[name[:160], round(ps / 1e9 / steps, 4), round(ps / total, 3), counts[name] // steps]
                         for name, ps in totals.most_common(25)],
             }
@@ -77,13 +109,18 @@ def summarise(xspace_path, steps, planes=r"device|gpu"):
 
 def main():
     out_path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.environ.get("OUT", "/tmp"), "aslfeat_profile.json")
-    dtypes = (sys.argv[2] if len(sys.argv) > 2 else "float32,bfloat16").split(",")
+    variants = (sys.argv[2] if len(sys.argv) > 2 else "float32,bfloat16,float32:autodiff,bfloat16:autodiff").split(",")
     rng = np.random.default_rng(0)
     pairs = [speed.make_batch(rng, speed.TRAIN_PHOTOS, 1, size=speed.SIZE, focal=float(speed.SIZE)) for _ in range(2)]
     batch = {k: jax.device_put(np.concatenate([p[k] for p in pairs])) for k in speed.KEYS}
     results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
-               "size": [speed.HEIGHT, speed.WIDTH], "batch": 2, "steps": STEPS}
-    for dtype in dtypes:
+               "size": [speed.SIZE, speed.SIZE], "batch": 2, "steps": STEPS}
+    import tfmatch.layers.peakiness as peakiness
+
+    hand_written = peakiness.peakiness_score
+    for variant in variants:
+        dtype, _, gradient = variant.partition(":")
+        peakiness.peakiness_score = peakiness.peakiness_score_autodiff if gradient == "autodiff" else hand_written
         step, state = speed.build_train_step(batch, compute_dtype=dtype)
         for _ in range(3):  # compile and warm up outside the trace
             jax.block_until_ready(step(*state, batch))
@@ -91,15 +128,20 @@ def main():
         for _ in range(STEPS):
             out = step(*state, batch)
         jax.block_until_ready(out)
-        results[f"{dtype}_ms_per_step_untraced"] = round(1000 * (time.perf_counter() - start) / STEPS, 3)
+        results[f"{variant}_ms_per_step_untraced"] = round(1000 * (time.perf_counter() - start) / STEPS, 3)
+        # The optimised HLO beside the profile: layouts of the cuDNN calls, what XLA fused and what it did not.
+        hlo_path = os.path.join(os.path.dirname(out_path) or ".", f"aslfeat_hlo_{variant.replace(':', '_')}.txt")
+        hlo_text = step.lower(*state, batch).compile().as_text()
+        with open(hlo_path, "w") as f:
+            f.write(hlo_text)
         with tempfile.TemporaryDirectory() as trace_dir:
             with jax.profiler.trace(trace_dir):
                 for _ in range(STEPS):
                     out = step(*state, batch)
                 jax.block_until_ready(out)
             paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
-            results[dtype] = summarise(paths[0], STEPS) if paths else {"error": "no xplane.pb written"}
-        print(json.dumps({dtype: results[dtype]})[:4000], flush=True)
+            results[variant] = summarise(paths[0], STEPS, parts=kernel_parts(hlo_text)) if paths else {"error": "no xplane.pb written"}
+        print(json.dumps({variant: results[variant]})[:4000], flush=True)
         with open(out_path, "w") as f:  # what is done so far survives a time limit
             json.dump(results, f, indent=1)
 

@@ -9,7 +9,21 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["Peakiness", "peakiness_score", "dilated_average_pool"]
+__all__ = ["Peakiness", "peakiness_score", "peakiness_score_autodiff", "dilated_average_pool"]
+
+
+def _reflect_pad(features, d):
+    return ops.pad(features, [[0, 0], [d, d], [d, d], [0, 0]], mode="reflect")
+
+
+def _nine_tap_mean(padded, d, height, width):
+    """Mean of the nine ``height x width`` windows of ``padded`` at offsets (0, d, 2d)^2."""
+    total = None
+    for dy in (0, d, 2 * d):
+        for dx in (0, d, 2 * d):
+            part = padded[:, dy:dy + height, dx:dx + width, :]
+            total = part if total is None else total + part
+    return total / 9.0
 
 
 def dilated_average_pool(features, dilation):
@@ -23,14 +37,50 @@ def dilated_average_pool(features, dilation):
         features: [B, h, w, C] -> [B, h, w, C]
     """
     d = int(dilation)
-    padded = ops.pad(features, [[0, 0], [d, d], [d, d], [0, 0]], mode="reflect")
-    height, width = ops.shape(features)[1], ops.shape(features)[2]
-    total = None
-    for dy in (0, d, 2 * d):
-        for dx in (0, d, 2 * d):
-            part = padded[:, dy:dy + height, dx:dx + width, :]
-            total = part if total is None else total + part
-    return total / 9.0
+    return _nine_tap_mean(_reflect_pad(features, d), d, ops.shape(features)[1], ops.shape(features)[2])
+
+
+def _peakiness_terms(features, padded, d):
+    """(local term a, channel term b, softplus(a), softplus(b)) of ``peakiness_score``."""
+    local = features - _nine_tap_mean(padded, d, ops.shape(features)[1], ops.shape(features)[2])
+    channel = features - ops.mean(features, axis=-1, keepdims=True)
+    return local, channel, ops.softplus(local), ops.softplus(channel)
+
+
+def _score_of_padded(d):
+    """``(features, reflect-padded features) -> score`` with a hand-written gradient.
+
+    Autodiff of the score keeps four full-size float32 maps per level for the backward pass (the softplus terms
+    and their derivatives) and spends most of ASLFeat's non-convolution step time on them at 480 x 480
+    (docs/benchmarks.md, profile). The score's gradient reaches one channel per pixel (the arg-max of
+    alpha * beta), so the backward pass recomputes the terms from the input instead, in a few fused passes.
+    The reflect padding stays outside: autodiff folds its gradient back onto the border.
+    """
+
+    @ops.custom_gradient
+    def score(features, padded):
+        _, _, alpha, beta = _peakiness_terms(features, padded, d)
+        out = ops.max(alpha * beta, axis=-1)
+
+        def grad(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            local, channel, alpha, beta = _peakiness_terms(features, padded, d)
+            product = alpha * beta
+            # Ties share the gradient equally, as the gradient of a max reduction does.
+            hit = ops.cast(ops.equal(product, ops.max(product, axis=-1, keepdims=True)), product.dtype)
+            g_product = ops.expand_dims(upstream, -1) * hit / ops.sum(hit, axis=-1, keepdims=True)
+            g_local = g_product * beta * ops.sigmoid(local)
+            g_channel = g_product * alpha * ops.sigmoid(channel)
+            g_features = g_local + g_channel - ops.mean(g_channel, axis=-1, keepdims=True)
+            # d local / d padded: minus the nine-tap mean's transpose, a nine-tap sum over a zero-padded map.
+            height, width = ops.shape(padded)[1], ops.shape(padded)[2]
+            g_padded = -_nine_tap_mean(ops.pad(g_local, [[0, 0], [2 * d, 2 * d], [2 * d, 2 * d], [0, 0]]),
+                                       d, height, width)
+            return g_features, g_padded
+
+        return out, grad
+
+    return score
 
 
 def peakiness_score(features, dilation):
@@ -39,8 +89,14 @@ def peakiness_score(features, dilation):
     Shape:
         features: [B, h, w, C] -> [B, h, w]
     """
-    alpha = ops.softplus(features - dilated_average_pool(features, dilation))
-    beta = ops.softplus(features - ops.mean(features, axis=-1, keepdims=True))
+    d = int(dilation)
+    return _score_of_padded(d)(features, _reflect_pad(features, d))
+
+
+def peakiness_score_autodiff(features, dilation):
+    """The same score differentiated by autodiff (the reference for the hand-written gradient's tests)."""
+    d = int(dilation)
+    _, _, alpha, beta = _peakiness_terms(features, _reflect_pad(features, d), d)
     return ops.max(alpha * beta, axis=-1)
 
 

@@ -28,8 +28,8 @@ def test_training_improves_held_out_mma():
 
     rng = np.random.default_rng(0)
     train = [make_batch(rng, TRAIN_PHOTOS, batch_size=2, size=SIZE) for _ in range(32)]
-    held_out = [make_pair(np.random.default_rng(1000 + i), TEST_PHOTOS, size=SIZE) for i in range(16)]
-    model = ASLFeat(max_keypoints=64, num_corr=128, min_corr=16, safe_radius=4.0, score_threshold=0.0)
+    held_out = [make_pair(np.random.default_rng(1000 + i), TEST_PHOTOS, size=SIZE) for i in range(64)]
+    model = ASLFeat(max_keypoints=256, num_corr=128, min_corr=16, safe_radius=4.0, score_threshold=0.0)
     before, _ = _held_out_mma(model, held_out)
 
     data = {k: np.concatenate([b[k] for b in train]) for k in KEYS}
@@ -40,5 +40,8 @@ def test_training_improves_held_out_mma():
     after, matches = _held_out_mma(model, held_out)
     assert losses[-1] < losses[0]
     assert matches >= 3
-    # Untrained: ~0.45-0.47; after 150 steps: ~0.66-0.68 (two seeds).
-    assert after > before + 0.1, (before, after)
+    # Untrained: 0.50 (two seeds). After 150 steps: 0.61-0.66 over seven runs whose gradients differ only by float
+    # rounding (the hand-written peakiness gradient vs autodiff, a learning rate changed by 1e-6): the trajectory is
+    # chaotic, so the margin is set below that spread; an untrained network never gains it. 64 held-out pairs
+    # (about 400 mutual matches) keep the metric's own noise small.
+    assert after > before + 0.08, (before, after)

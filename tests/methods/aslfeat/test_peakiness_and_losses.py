@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from tfmatch.layers.peakiness import Peakiness, dilated_average_pool
+from tfmatch.layers.peakiness import Peakiness, dilated_average_pool, peakiness_score, peakiness_score_autodiff
 from tfmatch.losses.contrastive import circle_loss, hardest_contrastive_loss
 from tfmatch.methods.aslfeat.network import edge_mask, resize_bilinear_legacy, subpixel_offsets
 
@@ -51,6 +51,40 @@ def test_peakiness_instance_max_ema_and_dilation():
     # Corner (0, 0) with reflect pad 2: rows (2, 0, 2), cols (2, 0, 2).
     expected = np.mean([x[0, r, c, 0] for r in (2, 0, 2) for c in (2, 0, 2)])
     np.testing.assert_allclose(avg[0, 0], expected, rtol=1e-6)
+
+
+def _score_and_gradient(score_fn, features, upstream, dilation):
+    import tensorflow as tf
+
+    x = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = tf.reduce_sum(score_fn(x, dilation) * upstream)
+    return float(value), tape.gradient(value, x).numpy()
+
+
+@pytest.mark.parametrize("shape,dilation", [((2, 7, 9, 5), 1), ((1, 11, 10, 4), 3), ((2, 8, 8, 3), 2)])
+def test_peakiness_hand_written_gradient_equals_autodiff(shape, dilation):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=shape).astype(np.float32)
+    upstream = rng.normal(size=shape[:3]).astype(np.float32)
+    value, grad = _score_and_gradient(peakiness_score, features, upstream, dilation)
+    ref_value, ref_grad = _score_and_gradient(peakiness_score_autodiff, features, upstream, dilation)
+    assert value == pytest.approx(ref_value, rel=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, atol=2e-6 * np.abs(ref_grad).max())
+    # The border rows get gradient through the reflect padding too (the padding's gradient is folded back).
+    assert np.abs(grad[:, 0]).sum() > 0 and np.abs(grad[:, :, -1]).sum() > 0
+
+
+def test_peakiness_gradient_shares_ties_like_a_max():
+    # Two identical channels tie everywhere: each must get half of the gradient, as autodiff of a max gives.
+    one = np.random.default_rng(1).normal(size=(1, 5, 6, 1)).astype(np.float32)
+    features = np.concatenate([one, one], axis=-1)
+    upstream = np.ones((1, 5, 6), np.float32)
+    _, grad = _score_and_gradient(peakiness_score, features, upstream, 1)
+    _, ref_grad = _score_and_gradient(peakiness_score_autodiff, features, upstream, 1)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-6)
+    np.testing.assert_allclose(grad[..., 0], grad[..., 1], atol=1e-7)
 
 
 def _two_correspondences(far=True, padded=False):

@@ -197,6 +197,24 @@ def test_config_round_trip_and_bad_arguments():
         model.heatmap(np.zeros((1, 20, 24, 1), np.float32))
 
 
+def test_cell_candidates_select_the_same_keypoints():
+    # After NMS with radius 4 a 5x5 block holds at most one maximum, so ranking one pixel per block is exact.
+    images = np.random.default_rng(3).uniform(0, 255, (2, 64, 96, 1)).astype(np.float32)
+    outs = []
+    for cell_candidates in (True, False):
+        model = MagicPoint(encoder_channels=(4, 4, 8, 8), head_channels=8, max_keypoints=64, detection_threshold=0.0,
+                           cell_candidates=cell_candidates)
+        model.build_for_inference(64, 96)
+        if outs:
+            model.set_weights(weights)
+        weights = model.get_weights()
+        outs.append({k: np.asarray(v) for k, v in model.extract(images).items()})
+    assert outs[0]["valid"].sum() > 20
+    np.testing.assert_array_equal(outs[0]["valid"], outs[1]["valid"])
+    np.testing.assert_array_equal(outs[0]["keypoints"], outs[1]["keypoints"])
+    np.testing.assert_allclose(outs[0]["scores"], outs[1]["scores"])
+
+
 def test_magicpoint_checkpoint_initialises_superpoint(tmp_path):
     from tfmatch.runtime import checkpoints
 

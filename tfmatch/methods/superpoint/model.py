@@ -48,6 +48,9 @@ class MagicPoint(Method):
       seed: seed of the model's random draws (label noise, sampled descriptor pairs).
       descriptor_dim: descriptor length (SuperPoint only; 256).
       dustbin_bias: initial dustbin logit (0 in the originals; see ``network.SuperPointNet``).
+      cell_candidates: rank only the best pixel of each (nms_radius + 1)^2 block after NMS (a 25 times smaller
+        top-k at radius 4; the same keypoints except where neighbouring maxima tie exactly, see
+        ``keypoints.select_top_k``); False ranks every pixel.
     """
 
     loss_term_names = ("detector",)
@@ -56,7 +59,7 @@ class MagicPoint(Method):
     def __init__(self, encoder_channels=(64, 64, 128, 128), head_channels: int = 256, batch_norm: str | None = None,
                  max_keypoints: int = 1000, nms_radius: int = 4, detection_threshold: float = 0.015,
                  border: int = 4, label_noise: bool = True, seed: int = 0, descriptor_dim: int = 256,
-                 dustbin_bias: float = 0.0, **kwargs):
+                 dustbin_bias: float = 0.0, cell_candidates: bool = True, **kwargs):
         super().__init__(**kwargs)
         if max_keypoints <= 0:
             raise ValueError(f"superpoint/model.py: max_keypoints must be > 0, got {max_keypoints}")
@@ -73,6 +76,7 @@ class MagicPoint(Method):
         self.seed = int(seed)
         self.descriptor_dim = int(descriptor_dim)
         self.dustbin_bias = float(dustbin_bias)
+        self.cell_candidates = bool(cell_candidates)
         # The same sub-layer name in MagicPoint and SuperPoint, so SuperPoint starts from a MagicPoint checkpoint.
         self.net = SuperPointNet(encoder_channels=self.encoder_channels, head_channels=self.head_channels,
                                  descriptor_dim=self.descriptor_dim, descriptor_head=self.descriptor_head,
@@ -85,7 +89,7 @@ class MagicPoint(Method):
                       batch_norm=self.batch_norm, max_keypoints=self.max_keypoints, nms_radius=self.nms_radius,
                       detection_threshold=self.detection_threshold, border=self.border,
                       label_noise=self.label_noise, seed=self.seed, descriptor_dim=self.descriptor_dim,
-                      dustbin_bias=self.dustbin_bias)
+                      dustbin_bias=self.dustbin_bias, cell_candidates=self.cell_candidates)
         return config
 
     # ----------------------------------------------------------------------------------------------------------
@@ -122,8 +126,9 @@ class MagicPoint(Method):
           heatmap: ``[B,H,W]`` -> ``keypoints [B,N,2]`` (x, y), ``scores [B,N]``, ``valid [B,N]`` (N = max_keypoints).
         """
         suppressed = nms_layers.max_pool_nms(heatmap, self.nms_radius) if self.nms_radius > 0 else heatmap
+        cell = self.nms_radius + 1 if self.cell_candidates and self.nms_radius > 0 else 1
         return keypoint_layers.select_top_k(suppressed, self.max_keypoints, border=self.border,
-                                            threshold=self.detection_threshold)
+                                            threshold=self.detection_threshold, cell=cell)
 
     def extract(self, images):
         """``images [B,H,W,1]`` float32 0..255 -> ``keypoints [B,N,2]``, ``scores [B,N]``, ``valid [B,N]`` (MagicPoint
@@ -160,14 +165,15 @@ class SuperPoint(MagicPoint):
     def __init__(self, encoder_channels=(64, 64, 128, 128), head_channels: int = 256, batch_norm: str | None = None,
                  max_keypoints: int = 1000, nms_radius: int = 4, detection_threshold: float = 0.015,
                  border: int = 4, label_noise: bool = True, seed: int = 0, descriptor_dim: int = 256,
-                 dustbin_bias: float = 0.0, descriptor_loss: str = "dense", positive_margin: float = 1.0,
-                 negative_margin: float = 0.2, lambda_d: float = 250.0, descriptor_weight: float = 1.0,
-                 distance_threshold: float = 7.5, num_matches: int = 1000, num_negatives: int = 100, **kwargs):
+                 dustbin_bias: float = 0.0, cell_candidates: bool = True, descriptor_loss: str = "dense",
+                 positive_margin: float = 1.0, negative_margin: float = 0.2, lambda_d: float = 250.0,
+                 descriptor_weight: float = 1.0, distance_threshold: float = 7.5, num_matches: int = 1000,
+                 num_negatives: int = 100, **kwargs):
         # Every argument spelled out (not **kwargs) so that gin can check the bindings of a recipe.
         super().__init__(encoder_channels=encoder_channels, head_channels=head_channels, batch_norm=batch_norm,
                          max_keypoints=max_keypoints, nms_radius=nms_radius, detection_threshold=detection_threshold,
                          border=border, label_noise=label_noise, seed=seed, descriptor_dim=descriptor_dim,
-                         dustbin_bias=dustbin_bias, **kwargs)
+                         dustbin_bias=dustbin_bias, cell_candidates=cell_candidates, **kwargs)
         if descriptor_loss not in DESCRIPTOR_LOSSES:
             raise ValueError(f"superpoint/model.py: descriptor_loss must be one of {DESCRIPTOR_LOSSES}, "
                              f"got {descriptor_loss!r}")
