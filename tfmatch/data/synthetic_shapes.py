@@ -167,13 +167,12 @@ def draw_multiple_polygons(img, rng, max_sides=8, nb_polygons=30):
     min_dim = min(h, w)
     segments, circles, corners = [], [], []
     for _ in range(nb_polygons):
-        rad = max(rng.random() * min_dim / 4, min_dim / 10)
-        points, centre, rad = _random_polygon(rng, h, w, max_sides, radius=rad)
+        points, centre, rad = _random_polygon(rng, h, w, max_sides)  # drawn as draw_polygon (spec, rpautrat)
         edges = [(tuple(points[i - 1]), tuple(points[i])) for i in range(len(points))]
         if any(_any_intersection(e, segments) for e in edges):
             continue
-        if any(math.hypot(centre[0] - c[0], centre[1] - c[1]) < rad + r for c, r in circles):
-            continue  # one polygon would contain the other
+        if any(math.hypot(centre[0] - c[0], centre[1] - c[1]) + min(rad, r) < max(rad, r) for c, r in circles):
+            continue  # one circle inside the other: one polygon could contain the other
         segments += edges
         circles.append((centre, rad))
         mask = np.zeros_like(img)
@@ -469,6 +468,7 @@ class SyntheticShapes:
         self.primitives = tuple(primitives)
         self.augment = (split == "train") if augment is None else bool(augment)
         self.files = None
+        self._order, self._order_epoch = None, None
         if data_dir:
             if not os.path.isfile(os.path.join(data_dir, ".complete")):
                 raise FileNotFoundError(f"{data_dir}: no .complete marker; write the set with "
@@ -486,8 +486,21 @@ class SyntheticShapes:
         rng = np.random.default_rng([self.seed, self.split_id, int(index)])
         return generate_shape(rng, sample_primitive(rng, self.primitives), self.image_size, self.canvas_size)
 
+    def _file(self, index: int) -> str:
+        """The file of a training index: every pass over the set in its own order (a permutation drawn from the seed
+        and the pass number), so that a batch mixes the primitives; sorted order would give batches of one primitive
+        in long blocks, and a checkpoint's mAP would depend on the block it was taken in (docs/benchmarks.md).
+        Other splits are read in sorted order."""
+        epoch, position = divmod(int(index), len(self.files))
+        if self.split != "train":
+            return self.files[position]
+        if self._order_epoch != epoch:
+            self._order = np.random.default_rng([self.seed, self.split_id, epoch, 2]).permutation(len(self.files))
+            self._order_epoch = epoch
+        return self.files[self._order[position]]
+
     def _read(self, index: int):
-        path = self.files[index % len(self.files)]
+        path = self._file(index)
         image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise OSError(f"{path}: cannot read image")

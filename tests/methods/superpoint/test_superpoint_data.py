@@ -141,6 +141,15 @@ def test_fixed_set_written_resumed_and_read(tmp_path, subprocess_env, repo_root)
     assert len(source) == 4
     image, kmap, mask = source.sample(0)
     assert image.shape == (32, 40) and kmap.sum() >= 1 and mask.min() == 1
+    # Training reads every pass in its own shuffled order (sorted order gives batches of one primitive); other splits
+    # in sorted order; the same index always reads the same file, also in a fresh instance (worker processes).
+    passes = [[source._file(e * 4 + i) for i in range(4)] for e in range(6)]
+    assert all(sorted(p) == source.files for p in passes)
+    assert any(p != source.files for p in passes) and len({tuple(p) for p in passes}) > 1
+    again = ss.SyntheticShapes("train", image_size=(32, 40), data_dir=out, primitives=("draw_star", "draw_cube"))
+    assert [again._file(i) for i in range(24)] == [f for p in passes for f in p]
+    val = ss.SyntheticShapes("val", image_size=(32, 40), data_dir=out, primitives=("draw_star", "draw_cube"))
+    assert [val._file(i) for i in range(len(val))] == val.files
     with pytest.raises(FileNotFoundError, match="complete"):
         ss.SyntheticShapes("train", data_dir=str(tmp_path))
     # Two worker processes write the same files.
