@@ -50,10 +50,10 @@ def _peakiness_terms(features, padded, d):
 def _score_of_padded(d):
     """``(features, reflect-padded features) -> score`` with a hand-written gradient.
 
-    Autodiff of the score keeps four full-size float32 maps per level for the backward pass (the softplus terms
-    and their derivatives) and spends most of ASLFeat's non-convolution step time on them at 480 x 480
-    (docs/benchmarks.md, profile). The score's gradient reaches one channel per pixel (the arg-max of
-    alpha * beta), so the backward pass recomputes the terms from the input instead, in a few fused passes.
+    Autodiff of the score keeps the softplus terms and their derivatives as full-size float32 maps for the
+    backward pass; at 480 x 480 that was about half of ASLFeat's non-convolution step time on an H100
+    (docs/benchmarks.md, kernel profile). Here only the input is kept: the backward pass recomputes the terms
+    and sends the gradient to the arg-max channel of alpha * beta at each pixel, in a few fused passes.
     The reflect padding stays outside: autodiff folds its gradient back onto the border.
     """
 
