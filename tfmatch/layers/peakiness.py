@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
 
@@ -47,6 +49,7 @@ def _peakiness_terms(features, padded, d):
     return local, channel, ops.softplus(local), ops.softplus(channel)
 
 
+@functools.lru_cache(maxsize=None)
 def _score_of_padded(d):
     """``(features, reflect-padded features) -> score`` with a hand-written gradient.
 
@@ -54,7 +57,8 @@ def _score_of_padded(d):
     backward pass; at 480 x 480 that was about half of ASLFeat's non-convolution step time on an H100
     (docs/benchmarks.md, kernel profile). Here only the input is kept: the backward pass recomputes the terms
     and sends the gradient to the arg-max channel of alpha * beta at each pixel, in a few fused passes.
-    The reflect padding stays outside: autodiff folds its gradient back onto the border.
+    The reflect padding stays outside: autodiff folds its gradient back onto the border. One function per
+    dilation, built once.
     """
 
     @ops.custom_gradient
