@@ -4,6 +4,9 @@
 #   OUT=/tmp/out sh scripts/gpu/aslfeat_bench_gpu.sh train   # tfmatch.benchmark --mode train, then tfmatch.train
 #   OUT=/tmp/out sh scripts/gpu/aslfeat_bench_gpu.sh infer   # tfmatch.benchmark --mode infer at 480x640, batch 16
 #   OUT=/tmp/out BATCH=8 sh scripts/gpu/aslfeat_bench_gpu.sh batch  # base stage at batch 8: benchmark and trainer
+#   OUT=/tmp/out TRAIN_SECONDS=120 sh scripts/gpu/aslfeat_bench_gpu.sh trainers  # base stage, recipe batch 2:
+#       tfmatch.benchmark and tfmatch.train, bfloat16 then float32
+#   OUT=/tmp/out DTYPE=bfloat16 TRAIN_SECONDS=110 sh scripts/gpu/aslfeat_bench_gpu.sh trainer  # tfmatch.train alone
 # Both stages (base.gin, dcn.gin), float32 (the recipe) and ASLFeat.compute_dtype='bfloat16'. The synthetic GL3D
 # set (16 scenes x 8 images) is built once in $GL3D (default $HOME/gl3d).
 set -u
@@ -52,6 +55,16 @@ batch)  # larger batches than the recipe's 2 pairs: where the step stops being b
     done
     trainer bfloat16 2
     trainer bfloat16 "${BATCH:-8}"
+    ;;
+trainers)  # the base stage at the recipe's batch, both dtypes: benchmark, then the trainer's steady state
+    for dtype in bfloat16 float32; do
+        bench base $dtype --mode train --batch 2 --steps 300 --warmup 20
+    done
+    trainer bfloat16 2
+    trainer float32 2
+    ;;
+trainer)
+    trainer "${DTYPE:-bfloat16}" "${BATCH:-2}"
     ;;
 infer)
     for recipe in base dcn; do

@@ -3,7 +3,9 @@
     KERAS_BACKEND=jax python3 scripts/gpu/aslfeat_profile.py [OUT_JSON] [float32,bfloat16,float32:autodiff]
 
 Each variant is a compute dtype, optionally ``:autodiff`` to differentiate the peakiness score by autodiff instead
-of its hand-written gradient (``tfmatch/layers/peakiness.py``), to measure what that gradient saves.
+of its hand-written gradient (``tfmatch/layers/peakiness.py``), or ``:padded`` for the first hand-written gradient
+(over the 2-D reflect-padded map), to measure what each saves; ``:lowp`` (experiment) keeps the detector's input
+maps in the compute dtype and casts to float32 only inside its fusions.
 
 Runs the model-only training step of ``aslfeat_speed.py`` (batch 2, 480 x 480 synthetic plane pairs on the device)
 ten times under ``jax.profiler.trace`` for each variant (writing the optimised HLO beside OUT_JSON), reads the
@@ -107,6 +109,43 @@ def summarise(xspace_path, steps, planes=r"device|gpu", parts=None):
     return report
 
 
+def _low_precision_peakiness_call(self, features, training=False):
+    """``Peakiness.call`` that keeps the compute dtype's maps (bfloat16) for the mean and the gradient's residuals and
+    computes the score's terms in float32 inside the fusions: the ``:lowp`` variant, an experiment (the library casts
+    the level to float32 first)."""
+    from keras import ops
+
+    import tfmatch.layers.peakiness as peakiness
+
+    if training:
+        current = ops.max(ops.stop_gradient(ops.cast(features, "float32")))
+        self.instance_max.assign(self.instance_max - (1.0 - self.decay) * (self.instance_max - current))
+    scaled = features / ops.cast(self.instance_max, features.dtype)
+    return _low_precision_score(scaled, peakiness.dilated_average_pool(scaled, self.dilation))
+
+
+def _low_precision_score(features, neighbourhood_mean):
+    from keras import ops
+
+    import tfmatch.layers.peakiness as peakiness
+
+    @ops.custom_gradient
+    def score(features, neighbourhood_mean):
+        f, m = ops.cast(features, "float32"), ops.cast(neighbourhood_mean, "float32")
+        channel = f - ops.mean(f, axis=-1, keepdims=True)
+        out = ops.max(ops.softplus(f - m) * ops.softplus(channel), axis=-1)
+
+        def grad(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            f, m = ops.cast(features, "float32"), ops.cast(neighbourhood_mean, "float32")
+            g_features, g_local = peakiness._terms_gradient(upstream, f - m, f - ops.mean(f, axis=-1, keepdims=True))
+            return ops.cast(g_features, features.dtype), ops.cast(-g_local, neighbourhood_mean.dtype)
+
+        return out, grad
+
+    return score(features, neighbourhood_mean)
+
+
 def main():
     out_path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.environ.get("OUT", "/tmp"), "aslfeat_profile.json")
     variants = (sys.argv[2] if len(sys.argv) > 2 else "float32,bfloat16,float32:autodiff,bfloat16:autodiff").split(",")
@@ -117,10 +156,12 @@ def main():
                "size": [speed.SIZE, speed.SIZE], "batch": 2, "steps": STEPS}
     import tfmatch.layers.peakiness as peakiness
 
-    hand_written = peakiness.peakiness_score
+    hand_written, library_call = peakiness.peakiness_score, peakiness.Peakiness.call
     for variant in variants:
         dtype, _, gradient = variant.partition(":")
-        peakiness.peakiness_score = peakiness.peakiness_score_autodiff if gradient == "autodiff" else hand_written
+        peakiness.Peakiness.call = _low_precision_peakiness_call if gradient == "lowp" else library_call
+        peakiness.peakiness_score = {"autodiff": peakiness.peakiness_score_autodiff,
+                                     "padded": peakiness.peakiness_score_padded}.get(gradient, hand_written)
         step, state = speed.build_train_step(batch, compute_dtype=dtype)
         for _ in range(3):  # compile and warm up outside the trace
             jax.block_until_ready(step(*state, batch))

@@ -6,7 +6,11 @@ __all__ = ["max_pool_nms"]
 
 
 def _window_max(x, size):
-    return ops.max_pool(x[..., None], pool_size=size, strides=1, padding="same")[..., 0]
+    """Maximum over the ``size x size`` window of each pixel of ``[B, H, W]``, as a row then a column maximum
+    (``size`` reads per pixel each instead of ``size^2``: the 9 x 9 window of SuperPoint's NMS at full resolution was
+    the longest kernel of its decode on GPU, docs/benchmarks.md)."""
+    rows = ops.max_pool(x[..., None], pool_size=(1, size), strides=1, padding="same")
+    return ops.max_pool(rows, pool_size=(size, 1), strides=1, padding="same")[..., 0]
 
 
 def max_pool_nms(scores, radius, iterations=0):

@@ -28,18 +28,34 @@ def _nine_tap_mean(padded, d, height, width):
     return total / 9.0
 
 
+def _three_tap_sum(x, d, axis):
+    """``x[i - d] + x[i] + x[i + d]`` along ``axis`` (1 or 2), REFLECT at the edges (index -k reads k)."""
+    n = ops.shape(x)[axis]
+
+    def take(start, stop):
+        return x[:, start:stop] if axis == 1 else x[:, :, start:stop]
+
+    def flip(part):
+        return ops.flip(part, axis=axis)
+
+    before = ops.concatenate([flip(take(1, d + 1)), take(0, n - d)], axis=axis)  # x[i - d]
+    after = ops.concatenate([take(d, n), flip(take(n - d - 1, n - 1))], axis=axis)  # x[i + d]
+    return before + x + after
+
+
 def dilated_average_pool(features, dilation):
     """3x3 average (centre included) with dilation ``d`` over a REFLECT-padded (pad d) map: same size out.
 
-    The sum of nine shifted slices of the padded map rather than a depthwise convolution: XLA fuses the slices
-    with the softplus terms of ``peakiness_score`` into one pass (the depthwise convolution was a separate,
-    slow kernel at full resolution on GPU, and its gradient another; docs/benchmarks.md).
+    Three taps along the rows, then three along the columns (reflection acts on each axis alone, so this equals
+    the nine taps of the padded map). Slices and adds rather than a depthwise convolution: XLA fuses them with the
+    softplus terms of ``peakiness_score`` (the depthwise convolution was a separate, slow kernel at full resolution
+    on GPU, and its gradient another; docs/benchmarks.md).
 
     Shape:
         features: [B, h, w, C] -> [B, h, w, C]
     """
     d = int(dilation)
-    return _nine_tap_mean(_reflect_pad(features, d), d, ops.shape(features)[1], ops.shape(features)[2])
+    return _three_tap_sum(_three_tap_sum(features, d, 1), d, 2) / 9.0
 
 
 def _peakiness_terms(features, padded, d):
@@ -47,6 +63,19 @@ def _peakiness_terms(features, padded, d):
     local = features - _nine_tap_mean(padded, d, ops.shape(features)[1], ops.shape(features)[2])
     channel = features - ops.mean(features, axis=-1, keepdims=True)
     return local, channel, ops.softplus(local), ops.softplus(channel)
+
+
+def _terms_gradient(upstream, local, channel):
+    """Gradients w.r.t. ``features`` (through the channel term and the local term) and w.r.t. the local term
+    ``a = y - mean3x3(y)`` of ``max_c softplus(a) * softplus(b)``. The arg-max channel of each pixel takes the
+    upstream gradient; ties share it equally, as the gradient of a max reduction does."""
+    alpha, beta = ops.softplus(local), ops.softplus(channel)
+    product = alpha * beta
+    hit = ops.cast(ops.equal(product, ops.max(product, axis=-1, keepdims=True)), product.dtype)
+    g_product = ops.expand_dims(upstream, -1) * hit / ops.sum(hit, axis=-1, keepdims=True)
+    g_local = g_product * beta * ops.sigmoid(local)
+    g_channel = g_product * alpha * ops.sigmoid(channel)
+    return g_local + g_channel - ops.mean(g_channel, axis=-1, keepdims=True), g_local
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,14 +97,8 @@ def _score_of_padded(d):
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            local, channel, alpha, beta = _peakiness_terms(features, padded, d)
-            product = alpha * beta
-            # Ties share the gradient equally, as the gradient of a max reduction does.
-            hit = ops.cast(ops.equal(product, ops.max(product, axis=-1, keepdims=True)), product.dtype)
-            g_product = ops.expand_dims(upstream, -1) * hit / ops.sum(hit, axis=-1, keepdims=True)
-            g_local = g_product * beta * ops.sigmoid(local)
-            g_channel = g_product * alpha * ops.sigmoid(channel)
-            g_features = g_local + g_channel - ops.mean(g_channel, axis=-1, keepdims=True)
+            local, channel, _, _ = _peakiness_terms(features, padded, d)
+            g_features, g_local = _terms_gradient(upstream, local, channel)
             # d local / d padded: minus the nine-tap mean's transpose, a nine-tap sum over a zero-padded map.
             height, width = ops.shape(padded)[1], ops.shape(padded)[2]
             g_padded = -_nine_tap_mean(ops.pad(g_local, [[0, 0], [2 * d, 2 * d], [2 * d, 2 * d], [0, 0]]),
@@ -87,12 +110,42 @@ def _score_of_padded(d):
     return score
 
 
+@ops.custom_gradient
+def _score_of_mean(features, neighbourhood_mean):
+    """``(features, their dilated 3x3 mean) -> score`` with a hand-written gradient.
+
+    Autodiff of the score keeps the softplus terms and their derivatives as full-size float32 maps for the
+    backward pass; at 480 x 480 that was about half of ASLFeat's non-convolution step time on an H100
+    (docs/benchmarks.md, kernel profile). Here only the two inputs are kept: the backward pass recomputes the terms
+    and sends the gradient to the arg-max channel of alpha * beta at each pixel. The mean is linear and stays
+    outside, under autodiff (its gradient is the transposed taps). On an H200 this took the bfloat16 step from 5.70
+    (autodiff) to 4.82 ms; the first hand-written version, over the 2-D padded map, reached 5.53.
+    """
+    local = features - neighbourhood_mean
+    channel = features - ops.mean(features, axis=-1, keepdims=True)
+    out = ops.max(ops.softplus(local) * ops.softplus(channel), axis=-1)
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        g_features, g_local = _terms_gradient(upstream, features - neighbourhood_mean,
+                                              features - ops.mean(features, axis=-1, keepdims=True))
+        return g_features, -g_local
+
+    return out, grad
+
+
 def peakiness_score(features, dilation):
     """``max_c softplus(y - avg_3x3,d(y)) * softplus(y - mean_c(y))`` for already normalised features ``y``.
 
     Shape:
         features: [B, h, w, C] -> [B, h, w]
     """
+    return _score_of_mean(features, dilated_average_pool(features, dilation))
+
+
+def peakiness_score_padded(features, dilation):
+    """The same score with the session-5 hand-written gradient over the 2-D reflect-padded map (nine taps);
+    kept for ``scripts/gpu/aslfeat_profile.py`` to compare the two on a GPU."""
     d = int(dilation)
     return _score_of_padded(d)(features, _reflect_pad(features, d))
 

@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from tfmatch.layers.peakiness import Peakiness, dilated_average_pool, peakiness_score, peakiness_score_autodiff
+from tfmatch.layers.peakiness import (Peakiness, dilated_average_pool, peakiness_score, peakiness_score_autodiff,
+                                     peakiness_score_padded)
 from tfmatch.losses.contrastive import circle_loss, hardest_contrastive_loss
 from tfmatch.methods.aslfeat.network import edge_mask, resize_bilinear_legacy, subpixel_offsets
 
@@ -63,12 +64,13 @@ def _score_and_gradient(score_fn, features, upstream, dilation):
     return float(value), tape.gradient(value, x).numpy()
 
 
+@pytest.mark.parametrize("score_fn", [peakiness_score, peakiness_score_padded])
 @pytest.mark.parametrize("shape,dilation", [((2, 7, 9, 5), 1), ((1, 11, 10, 4), 3), ((2, 8, 8, 3), 2)])
-def test_peakiness_hand_written_gradient_equals_autodiff(shape, dilation):
+def test_peakiness_hand_written_gradient_equals_autodiff(shape, dilation, score_fn):
     rng = np.random.default_rng(0)
     features = rng.normal(size=shape).astype(np.float32)
     upstream = rng.normal(size=shape[:3]).astype(np.float32)
-    value, grad = _score_and_gradient(peakiness_score, features, upstream, dilation)
+    value, grad = _score_and_gradient(score_fn, features, upstream, dilation)
     ref_value, ref_grad = _score_and_gradient(peakiness_score_autodiff, features, upstream, dilation)
     assert value == pytest.approx(ref_value, rel=1e-6)
     np.testing.assert_allclose(grad, ref_grad, atol=2e-6 * np.abs(ref_grad).max())

@@ -6,7 +6,7 @@ from keras import ops
 
 from tfmatch.methods.superpoint import MagicPoint, SuperPoint, losses
 from tfmatch.methods.superpoint.adaptation import erode_mask, homographic_adaptation
-from tfmatch.methods.superpoint.network import depth_to_space, logits_to_heatmap, space_to_depth
+from tfmatch.methods.superpoint.network import ConvUnit, depth_to_space, logits_to_heatmap, space_to_depth
 
 TINY = dict(encoder_channels=(4, 4, 8, 8), head_channels=8, max_keypoints=16)
 
@@ -27,6 +27,20 @@ def test_depth_to_space_layout_and_inverse():
     # channel c = 8 r + s of cell (i, j) -> pixel (8 i + r, 8 j + s)
     assert image[1, 8 * 1 + 2, 8 * 2 + 5] == cells[1, 1, 2, 8 * 2 + 5]
     np.testing.assert_array_equal(np.asarray(space_to_depth(image)), cells)
+
+
+@pytest.mark.parametrize("channels,kernel_size", [(1, 3), (3, 3), (2, 1)])
+def test_conv_as_matmul_equals_the_convolution(channels, kernel_size):
+    """im2col + matmul (the GPU path of the 1-channel input layer) gives the convolution's result, borders too."""
+    rng = np.random.default_rng(channels)
+    images = rng.normal(size=(2, 16, 24, channels)).astype(np.float32)
+    unit = ConvUnit(5, kernel_size, name="unit")
+    unit.build(images.shape)
+    unit.conv.bias.assign(rng.normal(size=5).astype(np.float32))
+    expected = np.asarray(unit(images))
+    unit.as_matmul = True
+    np.testing.assert_allclose(np.asarray(unit(images)), expected, atol=1e-5)
+    assert ConvUnit.from_config(unit.get_config()).as_matmul
 
 
 def test_cell_decode_inverts_label_encode():
