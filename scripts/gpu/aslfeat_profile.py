@@ -104,6 +104,10 @@ def summarise(xspace_path, steps, planes=r"device|gpu", parts=None):
                 "top": [[name[:160], round(ps / 1e9 / steps, 4), round(ps / total, 3), counts[name] // steps]
                         for name, ps in totals.most_common(25)],
             }
+            if os.environ.get("PROFILE_ALL_KERNELS"):  # every kernel with its part: [name, ms per step, calls, part]
+                lines[line.name or str(line.id)]["kernels"] = [
+                    [name[:100], round(ps / 1e9 / steps, 4), counts[name] // steps, (parts or {}).get(name, "")]
+                    for name, ps in totals.most_common()]
         if lines:
             report[plane.name] = lines
     return report
