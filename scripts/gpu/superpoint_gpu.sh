@@ -8,10 +8,10 @@
 #               the held-out shapes (threshold 0.001, NMS 4, 2 px, the spec's compute_pr protocol,
 #               tfmatch/methods/superpoint/evaluation.py) next to OpenCV FAST, Harris and Shi-Tomasi on the same
 #               images; the model_dir is WORK_DIR/magicpoint (loadable: operative config + checkpoint);
-#   speed       SuperPoint inference speed at 480x640, batch SPEED_BATCH (32), fp32 (extract: network + decode +
-#               NMS + top-1000 + descriptors; and the network alone), with the achieved FLOP rate (~52 GFLOP per
-#               image at that size); with WAIT_FOR=FILE[,FILE] it first waits (at most WAIT_LIMIT s from the
-#               start) for those files, written by other jobs on the same GPU when they end;
+#   speed       SuperPoint inference speed at 480x640, batch SPEED_BATCH (32), fp32: scripts/gpu/superpoint_speed.py
+#               (extract and the network alone, variants, FLOP rate, kernel trace) into $OUT/superpoint_speed.json;
+#               with WAIT_FOR=FILE[,FILE] it first waits (at most WAIT_LIMIT s) for those files, written by
+#               other jobs on the same GPU when they end;
 #   adapt       Homographic Adaptation labels (data_tools.superpoint_export_labels, NUM_HOMOGRAPHIES = 100 views)
 #               for PHOTOS (a folder of real photographs, e.g. python -m data_tools.make_photo_folder) with
 #               WORK_DIR/magicpoint, into WORK_DIR/labels;
@@ -23,7 +23,7 @@
 #               in JOINT_PROCESSES (16) worker processes (image_folder_dataset.processes).
 # At the end, the model_dirs under WORK_DIR (operative config + newest checkpoint each) are packed into
 # $OUT/superpoint_models.tar (split into 15 MiB parts superpoint_models.tar.part* when larger: cat them).
-# Results: $OUT/superpoint_gpu.json and .md (magicpoint, speed), $OUT/superpoint_chain.json (adapt, joint),
+# Results: $OUT/superpoint_gpu.json and .md (magicpoint), $OUT/superpoint_speed.json, $OUT/superpoint_chain.json (adapt, joint),
 # $OUT/adapt.log, $OUT/joint_train.log. Examples (a GPU machine; WORK_DIR survives between calls while the machine is up):
 #   OUT=/tmp/out WORK_DIR=/tmp/spw STAGES="magicpoint speed" sh scripts/gpu/superpoint_gpu.sh
 #   OUT=/tmp/out WORK_DIR=/tmp/spw STAGES="adapt joint" PHOTOS=DIR JOINT_SECONDS=300 sh scripts/gpu/superpoint_gpu.sh
@@ -50,17 +50,15 @@ if has adapt || has joint; then
     [ -n "${PHOTOS:-}" ] || { echo "superpoint_gpu.sh: stages adapt and joint need PHOTOS=DIR" >&2; exit 2; }
 fi
 
-if has magicpoint || has speed; then
-    stamp "magicpoint/speed start"
-    MAGICPOINT=$(has magicpoint && echo 1 || echo 0) SPEED=$(has speed && echo 1 || echo 0) \
-        "$PY" - "$OUT" "$TRAIN_SECONDS" "$POOL" <<'EOF'
+if has magicpoint; then
+    stamp "magicpoint start"
+    "$PY" - "$OUT" "$TRAIN_SECONDS" "$POOL" <<'EOF'
 import json, multiprocessing as mp, os, platform, sys, time
 
 import numpy as np
 
 out_dir, train_seconds, pool_size = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 work_dir = os.environ["WORK_DIR"]
-do_magicpoint, do_speed = os.environ.get("MAGICPOINT") == "1", os.environ.get("SPEED") == "1"
 SIZE, CANVAS = (120, 160), (480, 640)  # drawing at half the original canvas keeps the pool under a minute
 
 
@@ -115,154 +113,110 @@ def save(results):
 if __name__ == "__main__":
     results = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "stages": []}
     t0 = time.time()
-    if do_magicpoint:
-        # Fork before this process imports TensorFlow or JAX; the workers import tfmatch themselves. The pool
-        # stays up for the scoring after training.
-        pool = mp.get_context("fork").Pool(os.cpu_count())
-        test_count = min(pool.apply(count_test), int(os.environ.get("TEST_LIMIT", "100000")))
-        train = make(pool, "train", pool_size)
-        test = make(pool, "test", test_count)
-        results["data_seconds"] = round(time.time() - t0, 1)
-        results["pool_images"], results["test_images"] = pool_size, test_count
-        print(f"[magicpoint] pool of {pool_size} and {test_count} test images drawn in {results['data_seconds']} s",
-              flush=True)
+    # Fork before this process imports TensorFlow or JAX; the workers import tfmatch themselves. The pool
+    # stays up for the scoring after training.
+    pool = mp.get_context("fork").Pool(os.cpu_count())
+    test_count = min(pool.apply(count_test), int(os.environ.get("TEST_LIMIT", "100000")))
+    train = make(pool, "train", pool_size)
+    test = make(pool, "test", test_count)
+    results["data_seconds"] = round(time.time() - t0, 1)
+    results["pool_images"], results["test_images"] = pool_size, test_count
+    print(f"[magicpoint] pool of {pool_size} and {test_count} test images drawn in {results['data_seconds']} s",
+          flush=True)
 
     import jax
     import keras
-    from tfmatch.methods.superpoint import SuperPoint
     results["device"] = str(jax.devices()[0].device_kind)
     results["backend"] = keras.backend.backend()
     results["jax"] = jax.__version__
     results["keras"] = keras.__version__
 
-    if do_magicpoint:
-        import gin
-        from tfmatch import config
-        from tfmatch.methods.superpoint.evaluation import keypoint_map_to_points
-        from tfmatch.runtime import checkpoints, trainer
+    import gin
+    from tfmatch import config
+    from tfmatch.methods.superpoint.evaluation import keypoint_map_to_points
+    from tfmatch.runtime import checkpoints, trainer
 
-        results["train_seconds"] = train_seconds
-        # The recipe's network (magicpoint.gin), so that the saved model_dir feeds the next stages like a run.
-        keras.utils.set_random_seed(0)
-        config.parse(["methods/superpoint/magicpoint.gin"],
-                     ["MagicPoint.dustbin_bias = 5.0", "MagicPoint.max_keypoints = 300"], finalize=False)
-        model = trainer.build_model()
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    results["train_seconds"] = train_seconds
+    # The recipe's network (magicpoint.gin), so that the saved model_dir feeds the next stages like a run.
+    keras.utils.set_random_seed(0)
+    config.parse(["methods/superpoint/magicpoint.gin"],
+                 ["MagicPoint.dustbin_bias = 5.0", "MagicPoint.max_keypoints = 300"], finalize=False)
+    model = trainer.build_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
 
-        class Budget(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                self.steps, self.start, self.warm = 0, time.time(), None
+    class Budget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.steps, self.start, self.warm = 0, time.time(), None
 
-            def on_train_batch_end(self, batch, logs=None):
-                self.steps += 1
-                if self.steps == 20:
-                    self.warm = (time.time(), self.steps)
-                if time.time() - self.start > train_seconds:
-                    self.model.stop_training = True
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if self.steps == 20:
+                self.warm = (time.time(), self.steps)
+            if time.time() - self.start > train_seconds:
+                self.model.stop_training = True
 
-        budget = Budget()
-        data = {"image": train[0][..., None], "keypoint_map": train[1], "valid_mask": train[2]}
-        history = model.fit(data, batch_size=64, epochs=100000, verbose=2, shuffle=True, callbacks=[budget])
-        t_end = time.time()
-        results["train_steps"] = budget.steps
-        warm_time, warm_steps = budget.warm or (budget.start, 0)  # after the first 20 (compiling) steps
-        results["train_steps_per_second"] = round((budget.steps - warm_steps) / max(t_end - warm_time, 1e-9), 2)
-        results["epochs_over_pool"] = round(budget.steps * 64 / pool_size, 1)
-        results["final_loss"] = float(history.history["loss"][-1])
-        magicpoint_dir = os.path.join(work_dir, "magicpoint")
-        checkpoints.save(magicpoint_dir, model, step=budget.steps)
-        with open(os.path.join(magicpoint_dir, config.OPERATIVE_CONFIG), "w") as f:
-            f.write(gin.config_str())  # every binding: load_model rebuilds this network from it
-        print(f"[magicpoint] {budget.steps} steps, {results['train_steps_per_second']} steps/s; saved "
-              f"{magicpoint_dir}", flush=True)
+    budget = Budget()
+    data = {"image": train[0][..., None], "keypoint_map": train[1], "valid_mask": train[2]}
+    history = model.fit(data, batch_size=64, epochs=100000, verbose=2, shuffle=True, callbacks=[budget])
+    t_end = time.time()
+    results["train_steps"] = budget.steps
+    warm_time, warm_steps = budget.warm or (budget.start, 0)  # after the first 20 (compiling) steps
+    results["train_steps_per_second"] = round((budget.steps - warm_steps) / max(t_end - warm_time, 1e-9), 2)
+    results["epochs_over_pool"] = round(budget.steps * 64 / pool_size, 1)
+    results["final_loss"] = float(history.history["loss"][-1])
+    magicpoint_dir = os.path.join(work_dir, "magicpoint")
+    checkpoints.save(magicpoint_dir, model, step=budget.steps)
+    with open(os.path.join(magicpoint_dir, config.OPERATIVE_CONFIG), "w") as f:
+        f.write(gin.config_str())  # every binding: load_model rebuilds this network from it
+    print(f"[magicpoint] {budget.steps} steps, {results['train_steps_per_second']} steps/s; saved "
+          f"{magicpoint_dir}", flush=True)
 
-        # Held-out evaluation: the model and the OpenCV baselines through the same metric (in the pool).
-        t = time.time()
-        gt = [keypoint_map_to_points(m) for m in test[1]]
-        images = test[0].astype(np.float32)[..., None]
-        dets = []
-        for s in range(0, len(images), 100):
-            o = model.extract(images[s:s + 100])
-            k, sc, v = (np.asarray(o[n]) for n in ("keypoints", "scores", "valid"))
-            dets += [(k[i][v[i]], sc[i][v[i]]) for i in range(len(k))]
-        first = min(900, len(gt))  # the subset the earlier runs were scored on
-        jobs = [("magicpoint", dets, None, gt), (f"magicpoint_first{first}", dets[:first], None, gt[:first])]
-        jobs += [(name, None, test[0], gt) for name in ("fast", "harris", "shi_tomasi")]
-        results["detection"] = dict(pool.map(score, jobs, chunksize=1))
-        pool.terminate()
-        results["scoring_seconds"] = round(time.time() - t, 1)
-        results["stages"].append("magicpoint")
-        save(results)
-        print(json.dumps(results["detection"], indent=1), flush=True)
-
-    if do_speed:
-        # The speed is measured alone: wait for other jobs sharing this GPU (WAIT_FOR: files they write when done;
-        # scripts/gpu/superpoint_patch_desc_gpu.sh uses it).
-        for flag_file in filter(None, os.environ.get("WAIT_FOR", "").split(",")):
-            while not os.path.exists(flag_file) and time.time() - t0 < float(os.environ.get("WAIT_LIMIT", "560")):
-                time.sleep(2)
-        # Inference speed: SuperPoint extract at 480x640, batch 32, fp32 (random weights: the speed is the same).
-        sp = SuperPoint(max_keypoints=1000, detection_threshold=0.015)
-        sp.build_for_inference(480, 640)
-        tv, ntv = [v.value for v in sp.trainable_variables], [v.value for v in sp.non_trainable_variables]
-
-        def run(tv, ntv, x):
-            with keras.StatelessScope(state_mapping=list(zip(sp.trainable_variables, tv)) +
-                                      list(zip(sp.non_trainable_variables, ntv))):
-                o = sp.extract(x)
-            return o["keypoints"], o["descriptors"], o["valid"]
-
-        def net(tv, ntv, x):
-            with keras.StatelessScope(state_mapping=list(zip(sp.trainable_variables, tv)) +
-                                      list(zip(sp.non_trainable_variables, ntv))):
-                o = sp.run_network(x)
-            return o["logits"], o["descriptors"]
-
-        speed_batch = int(os.environ.get("SPEED_BATCH", "32"))  # smaller only for a CPU dry run
-        results["speed_batch"] = speed_batch
-        batch = jax.device_put(np.random.default_rng(0).uniform(0, 255, (speed_batch, 480, 640, 1)).astype(np.float32))
-        for label, fn in (("extract", jax.jit(run)), ("network_only", jax.jit(net))):
-            jax.block_until_ready(fn(tv, ntv, batch))
-            jax.block_until_ready(fn(tv, ntv, batch))
-            reps, t = int(os.environ.get("SPEED_REPS", "30")), time.time()
-            for _ in range(reps):
-                r = fn(tv, ntv, batch)
-            jax.block_until_ready(r)
-            results[f"{label}_images_per_second"] = round(reps * speed_batch / (time.time() - t), 1)
-        # FLOPs of the network at 480x640 (2 per multiply-add).
-        h, w, flops, cin = 480, 640, 0, 1
-        for cout, pool_after in ((64, 0), (64, 1), (64, 0), (64, 1), (128, 0), (128, 1), (128, 0), (128, 0)):
-            flops += 2 * h * w * 9 * cin * cout
-            cin = cout
-            if pool_after:
-                h, w = h // 2, w // 2
-        flops += 2 * h * w * (9 * 128 * 256 + 256 * 65 + 9 * 128 * 256 + 256 * 256)
-        results["network_gflop_per_image"] = round(flops / 1e9, 1)
-        results["network_tflops_achieved"] = round(flops * results["network_only_images_per_second"] / 1e12, 1)
-        results["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
-        results["stages"].append("speed")
-        save(results)
+    # Held-out evaluation: the model and the OpenCV baselines through the same metric (in the pool).
+    t = time.time()
+    gt = [keypoint_map_to_points(m) for m in test[1]]
+    images = test[0].astype(np.float32)[..., None]
+    dets = []
+    for s in range(0, len(images), 100):
+        o = model.extract(images[s:s + 100])
+        k, sc, v = (np.asarray(o[n]) for n in ("keypoints", "scores", "valid"))
+        dets += [(k[i][v[i]], sc[i][v[i]]) for i in range(len(k))]
+    first = min(900, len(gt))  # the subset the earlier runs were scored on
+    jobs = [("magicpoint", dets, None, gt), (f"magicpoint_first{first}", dets[:first], None, gt[:first])]
+    jobs += [(name, None, test[0], gt) for name in ("fast", "harris", "shi_tomasi")]
+    results["detection"] = dict(pool.map(score, jobs, chunksize=1))
+    pool.terminate()
+    results["scoring_seconds"] = round(time.time() - t, 1)
+    results["stages"].append("magicpoint")
+    save(results)
+    print(json.dumps(results["detection"], indent=1), flush=True)
 
     lines = [f"### SuperPoint / MagicPoint on {results['device']} (JAX), {results['date']}", ""]
-    if do_magicpoint:
-        d = results["detection"]
-        lines += [f"MagicPoint, {results['train_steps']} steps in {train_seconds:.0f} s "
-                  f"({results['train_steps_per_second']} steps/s, batch 64, 120x160, pool of {pool_size} augmented "
-                  f"images), held-out synthetic shapes ({results['test_images']} images, 2 px):", "",
-                  "| detector | mAP | precision | recall |", "|---|---|---|---|"]
-        for k in d:
-            lines.append(f"| {k} | {d[k]['average_precision']:.3f} | {d[k]['precision']:.3f} | "
-                         f"{d[k]['recall']:.3f} |")
-    if do_speed:
-        lines += ["", f"SuperPoint inference 480x640, batch {results['speed_batch']}, fp32: extract "
-                  f"{results['extract_images_per_second']} images/s, network only "
-                  f"{results['network_only_images_per_second']} images/s = {results['network_tflops_achieved']} "
-                  f"TFLOP/s at {results['network_gflop_per_image']} GFLOP/image."]
+    d = results["detection"]
+    lines += [f"MagicPoint, {results['train_steps']} steps in {train_seconds:.0f} s "
+              f"({results['train_steps_per_second']} steps/s, batch 64, 120x160, pool of {pool_size} augmented "
+              f"images), held-out synthetic shapes ({results['test_images']} images, 2 px):", "",
+              "| detector | mAP | precision | recall |", "|---|---|---|---|"]
+    for k in d:
+        lines.append(f"| {k} | {d[k]['average_precision']:.3f} | {d[k]['precision']:.3f} | "
+                     f"{d[k]['recall']:.3f} |")
     with open(os.path.join(out_dir, "superpoint_gpu.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 EOF
-    stamp "magicpoint/speed done"
+    stamp "magicpoint done"
+fi
+
+if has speed; then
+    # Measured alone: first wait for other jobs sharing this GPU (WAIT_FOR: files they write when done;
+    # scripts/gpu/superpoint_patch_desc_gpu.sh uses it), at most WAIT_LIMIT s.
+    waited=0
+    for flag_file in $(echo "${WAIT_FOR:-}" | tr ',' ' '); do
+        while [ ! -f "$flag_file" ] && [ "$waited" -lt "${WAIT_LIMIT:-560}" ]; do sleep 2; waited=$((waited + 2)); done
+    done
+    stamp "speed start"
+    "$PY" scripts/gpu/superpoint_speed.py "$OUT/superpoint_speed.json" > "$OUT/superpoint_speed.log" 2>&1 || {
+        tail -n 20 "$OUT/superpoint_speed.log"; exit 1; }
+    stamp "speed done"
 fi
 
 if has adapt; then

@@ -30,6 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import aslfeat_profile as profile  # noqa: E402
+import aslfeat_speed as speed  # noqa: E402
 from tfmatch.methods.superpoint.model import SuperPoint  # noqa: E402
 
 HEIGHT, WIDTH = 480, 640
@@ -51,17 +52,9 @@ def network_flops():
 
 
 def timed(fn, args):
-    reps, rounds = int(os.environ.get("SPEED_REPS", "20")), int(os.environ.get("SPEED_ROUNDS", "5"))  # fewer: CPU dry run
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(reps):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / reps)
-    return float(np.median(times))
+    """Seconds per call: median of SPEED_ROUNDS x SPEED_REPS calls (fewer for a CPU dry run)."""
+    reps, rounds = int(os.environ.get("SPEED_REPS", "20")), int(os.environ.get("SPEED_ROUNDS", "5"))
+    return speed.median_ms(fn, *args, calls=reps, repeats=rounds) / 1000
 
 
 def main():
@@ -116,7 +109,7 @@ def main():
     save()
 
     # 2. extract end to end, and the network alone, for each choice of input layer and NMS window.
-    outputs, weights = {}, None
+    outputs, compiled, weights = {}, {}, None
     for cell_candidates, as_matmul, window in ((True, False, "square"), (True, False, "separable"),
                                                (True, True, "square"), (True, True, "separable"),
                                                (False, True, "separable")):
@@ -142,6 +135,7 @@ def main():
         results[f"extract_{tag}_ms"] = round(1000 * seconds, 3)
         results[f"extract_{tag}_images_per_second"] = round(batch_size / seconds, 1)
         outputs[tag] = jax.device_get(extract(values, images))
+        compiled[tag] = extract, values, window
         if window == "separable" and cell_candidates:
             network = stateless(lambda x: sp.run_network(x))
             seconds = timed(network, (values, images))
@@ -160,21 +154,10 @@ def main():
     save()
 
     # 3. A trace of the fastest extract (one candidate per block), per kernel and per part.
-    fastest = min((k for k in results if k.startswith("extract_one_per_block") and k.endswith("_ms")), key=results.get)
-    results["profiled"] = fastest
-    as_matmul, window = "_im2col" in fastest, fastest.split("_")[-2]
-    nms_layers._window_max = separable_window_max if window == "separable" else square_window_max
-    sp = SuperPoint(max_keypoints=1000, detection_threshold=0.015)
-    sp.build_for_inference(HEIGHT, WIDTH)
-    sp.net.encoder[0].as_matmul = as_matmul
-    variables = list(sp.trainable_variables) + list(sp.non_trainable_variables)
-    values = [v.value for v in variables]
-
-    def run(values, x):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return sp.extract(x)
-
-    extract = jax.jit(run)
+    fastest = min((tag for tag in compiled if tag.startswith("one_per_block")), key=lambda t: results[f"extract_{t}_ms"])
+    results["profiled"] = f"extract_{fastest}"
+    extract, values, window = compiled[fastest]
+    nms_layers._window_max = separable_window_max if window == "separable" else square_window_max  # for lower()
     hlo_text = extract.lower(values, images).compile().as_text()
     with open(os.path.join(os.path.dirname(out_path) or ".", "superpoint_extract_hlo.txt"), "w") as f:
         f.write(hlo_text)
