@@ -10,8 +10,8 @@
   ``images_per_second_with_transfers`` with the images sent from host memory and every output fetched back into
   numpy each step (what a loop that writes features to disk sees, without overlap of transfers and compute).
 * ``train``: ``fit`` steps of the recipe on its real ``tf.data`` pipeline (``--synthetic_data``: one cached batch
-  repeated, which leaves the pipeline out), with the recipe's ``train.steps_per_execution``. Reports pairs
-  (samples) per second.
+  repeated, which leaves the pipeline out), compiled as the trainer compiles them (the recipe's
+  ``train.steps_per_execution``, the JAX device loop). Reports pairs (samples) per second.
 * ``data``: the ``tf.data`` pipeline alone. Reports samples per second.
 
 With ``--height``/``--width`` in train and data mode the ``IMAGE_SIZE`` macro is set (square recipes only).
@@ -161,7 +161,7 @@ def benchmark_train(batch, steps, warmup, synthetic_data):
 
     dataset_fn = gin.query_parameter("train.dataset_fn").scoped_configurable_fn
     optimizer_fn = gin.query_parameter("train.optimizer_fn").scoped_configurable_fn
-    from tfmatch.runtime.trainer import build_model
+    from tfmatch.runtime.trainer import build_model, compile_for_fit
 
     distribution = make_distribution(gin.query_parameter("train.strategy"))
     try:
@@ -170,14 +170,17 @@ def benchmark_train(batch, steps, warmup, synthetic_data):
         per_execution = 1
     steps = -(-steps // per_execution) * per_execution  # whole executions
     warmup = -(-max(warmup, 1) // per_execution) * per_execution
+    try:
+        device_loop = bool(gin.query_parameter("train.device_loop"))
+    except ValueError:
+        device_loop = True
     dataset = dataset_fn("train", batch)
     if synthetic_data:
         dataset = dataset.take(1).cache().repeat()
-    with distribution.scope:
-        model = build_model()
-        model.compile(optimizer=optimizer_fn(),
-                      jit_compile=resolve_jit_compile(gin.query_parameter("train.jit_compile"), distribution),
-                      steps_per_execution=per_execution)
+    # As the trainer does: variables from one batch, then compile; the JAX device loop where it applies.
+    model, _, dataset, _ = compile_for_fit(build_model, optimizer_fn, dataset, distribution,
+                                           resolve_jit_compile(gin.query_parameter("train.jit_compile"),
+                                                               distribution), per_execution, device_loop)
 
     class Timer(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

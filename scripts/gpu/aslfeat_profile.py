@@ -2,10 +2,11 @@
 
     KERAS_BACKEND=jax python3 scripts/gpu/aslfeat_profile.py [OUT_JSON] [float32,bfloat16,float32:autodiff]
 
-Each variant is a compute dtype, optionally ``:autodiff`` to differentiate the peakiness score by autodiff instead
-of its hand-written gradient (``tfmatch/layers/peakiness.py``), or ``:padded`` for the first hand-written gradient
-(over the 2-D reflect-padded map), to measure what each saves; ``:lowp`` (experiment) keeps the detector's input
-maps in the compute dtype and casts to float32 only inside its fusions.
+Each variant is a compute dtype, optionally followed by ``:`` and ``+``-joined options that put back an earlier
+form of the step, to measure what each change saves: ``autodiff`` differentiates the peakiness score by autodiff
+instead of its hand-written gradient (``tfmatch/layers/peakiness.py``), ``separate`` runs the two towers as two
+calls of the network instead of one call of two groups, ``cudnn0`` runs the image layer (conv0) through cuDNN
+instead of im2col + matmul. Example: ``bfloat16,bfloat16:separate+cudnn0``.
 
 Runs the model-only training step of ``aslfeat_speed.py`` (batch 2, 480 x 480 synthetic plane pairs on the device)
 ten times under ``jax.profiler.trace`` for each variant (writing the optimised HLO beside OUT_JSON), reads the
@@ -113,41 +114,45 @@ def summarise(xspace_path, steps, planes=r"device|gpu", parts=None):
     return report
 
 
-def _low_precision_peakiness_call(self, features, training=False):
-    """``Peakiness.call`` that keeps the compute dtype's maps (bfloat16) for the mean and the gradient's residuals and
-    computes the score's terms in float32 inside the fusions: the ``:lowp`` variant, an experiment (the library casts
-    the level to float32 first)."""
-    from keras import ops
+class Patches:
+    """Puts back the earlier forms of the step named in a variant's options (see the module docstring)."""
 
-    import tfmatch.layers.peakiness as peakiness
+    def __init__(self, options):
+        self.options = set(filter(None, options.split("+")))
+        unknown = self.options - {"autodiff", "separate", "cudnn0"}
+        if unknown:
+            raise ValueError(f"unknown variant options {sorted(unknown)}")
 
-    if training:
-        current = ops.max(ops.stop_gradient(ops.cast(features, "float32")))
-        self.instance_max.assign(self.instance_max - (1.0 - self.decay) * (self.instance_max - current))
-    scaled = features / ops.cast(self.instance_max, features.dtype)
-    return _low_precision_score(scaled, peakiness.dilated_average_pool(scaled, self.dilation))
+    def __enter__(self):
+        from keras import ops
 
+        import tfmatch.layers.peakiness as peakiness
+        import tfmatch.methods.aslfeat.network as network
 
-def _low_precision_score(features, neighbourhood_mean):
-    from keras import ops
+        self.saved = peakiness.peakiness_score, network.ASLFeatNet.call, network.conv2d_as_matmul
+        if "autodiff" in self.options:
+            peakiness.peakiness_score = lambda f, d, scale=1.0: peakiness.peakiness_score_autodiff(
+                ops.cast(f, "float32") / scale, d)
+        if "separate" in self.options:
+            grouped_call = network.ASLFeatNet.call
 
-    import tfmatch.layers.peakiness as peakiness
+            def separate_calls(net, images, training=False, groups=1):
+                if groups == 1:
+                    return grouped_call(net, images, training=training)
+                outs = [grouped_call(net, part, training=training) for part in ops.split(images, groups, axis=0)]
+                return {key: ops.concatenate([out[key] for out in outs], axis=0) for key in outs[0]}
 
-    @ops.custom_gradient
-    def score(features, neighbourhood_mean):
-        f, m = ops.cast(features, "float32"), ops.cast(neighbourhood_mean, "float32")
-        channel = f - ops.mean(f, axis=-1, keepdims=True)
-        out = ops.max(ops.softplus(f - m) * ops.softplus(channel), axis=-1)
+            network.ASLFeatNet.call = separate_calls
+        if "cudnn0" in self.options:
+            network.conv2d_as_matmul = lambda x, kernel: ops.conv(x, ops.cast(kernel, x.dtype), padding="same")
+        return self
 
-        def grad(*args, upstream=None):
-            upstream = args[0] if upstream is None else upstream
-            f, m = ops.cast(features, "float32"), ops.cast(neighbourhood_mean, "float32")
-            g_features, g_local = peakiness._terms_gradient(upstream, f - m, f - ops.mean(f, axis=-1, keepdims=True))
-            return ops.cast(g_features, features.dtype), ops.cast(-g_local, neighbourhood_mean.dtype)
+    def __exit__(self, *exc):
+        import tfmatch.layers.peakiness as peakiness
+        import tfmatch.methods.aslfeat.network as network
 
-        return out, grad
-
-    return score(features, neighbourhood_mean)
+        peakiness.peakiness_score, network.ASLFeatNet.call, network.conv2d_as_matmul = self.saved
+        return False
 
 
 def main():
@@ -158,34 +163,30 @@ def main():
     batch = {k: jax.device_put(np.concatenate([p[k] for p in pairs])) for k in speed.KEYS}
     results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
                "size": [speed.SIZE, speed.SIZE], "batch": 2, "steps": STEPS}
-    import tfmatch.layers.peakiness as peakiness
-
-    hand_written, library_call = peakiness.peakiness_score, peakiness.Peakiness.call
     for variant in variants:
-        dtype, _, gradient = variant.partition(":")
-        peakiness.Peakiness.call = _low_precision_peakiness_call if gradient == "lowp" else library_call
-        peakiness.peakiness_score = {"autodiff": peakiness.peakiness_score_autodiff,
-                                     "padded": peakiness.peakiness_score_padded}.get(gradient, hand_written)
-        step, state = speed.build_train_step(batch, compute_dtype=dtype)
-        for _ in range(3):  # compile and warm up outside the trace
-            jax.block_until_ready(step(*state, batch))
-        start = time.perf_counter()
-        for _ in range(STEPS):
-            out = step(*state, batch)
-        jax.block_until_ready(out)
-        results[f"{variant}_ms_per_step_untraced"] = round(1000 * (time.perf_counter() - start) / STEPS, 3)
-        # The optimised HLO beside the profile: layouts of the cuDNN calls, what XLA fused and what it did not.
-        hlo_path = os.path.join(os.path.dirname(out_path) or ".", f"aslfeat_hlo_{variant.replace(':', '_')}.txt")
-        hlo_text = step.lower(*state, batch).compile().as_text()
-        with open(hlo_path, "w") as f:
-            f.write(hlo_text)
-        with tempfile.TemporaryDirectory() as trace_dir:
-            with jax.profiler.trace(trace_dir):
-                for _ in range(STEPS):
-                    out = step(*state, batch)
-                jax.block_until_ready(out)
-            paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
-            results[variant] = summarise(paths[0], STEPS, parts=kernel_parts(hlo_text)) if paths else {"error": "no xplane.pb written"}
+        dtype, _, options = variant.partition(":")
+        with Patches(options):  # active while the step is traced: at its first call and in lower()
+            step, state = speed.build_train_step(batch, compute_dtype=dtype)
+            for _ in range(3):  # compile and warm up outside the trace
+                jax.block_until_ready(step(*state, batch))
+            start = time.perf_counter()
+            for _ in range(STEPS):
+                out = step(*state, batch)
+            jax.block_until_ready(out)
+            results[f"{variant}_ms_per_step_untraced"] = round(1000 * (time.perf_counter() - start) / STEPS, 3)
+            # The optimised HLO beside the profile: layouts of the cuDNN calls, what XLA fused and what it did not.
+            hlo_path = os.path.join(os.path.dirname(out_path) or ".", f"aslfeat_hlo_{variant.replace(':', '_')}.txt")
+            hlo_text = step.lower(*state, batch).compile().as_text()
+            with open(hlo_path, "w") as f:
+                f.write(hlo_text)
+            with tempfile.TemporaryDirectory() as trace_dir:
+                with jax.profiler.trace(trace_dir):
+                    for _ in range(STEPS):
+                        out = step(*state, batch)
+                    jax.block_until_ready(out)
+                paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+                results[variant] = (summarise(paths[0], STEPS, parts=kernel_parts(hlo_text)) if paths
+                                    else {"error": "no xplane.pb written"})
         print(json.dumps({variant: results[variant]})[:4000], flush=True)
         with open(out_path, "w") as f:  # what is done so far survives a time limit
             json.dump(results, f, indent=1)

@@ -58,8 +58,39 @@ def dilated_average_pool(features, dilation):
     return _three_tap_sum(_three_tap_sum(features, d, 1), d, 2) / 9.0
 
 
+def _three_tap_sum_transpose(g, d, axis):
+    """The transpose (adjoint) of ``_three_tap_sum``: each ``g[i]`` goes back to the three entries that made
+    output i, the reflected reads included (index -k was read as k, index n - 1 + k as n - 1 - k)."""
+    n = ops.shape(g)[axis]
+
+    def take(start, stop):
+        return g[:, start:stop] if axis == 1 else g[:, :, start:stop]
+
+    def flip(part):
+        return ops.flip(part, axis=axis)
+
+    def zeros(size):  # zeros of ``size`` along ``axis``, the other dimensions as g's (dynamic shapes too)
+        return ops.zeros_like(take(0, size))
+
+    def joined(*parts):
+        return ops.concatenate(parts, axis=axis)
+
+    # Output i read x[i - d]: x[j] gets g[j + d]; outputs i < d read x[d - i]: x[j], 1 <= j <= d, gets g[d - j].
+    from_before = joined(take(d, n), zeros(d)) + joined(zeros(1), flip(take(0, d)), zeros(n - 1 - d))
+    # Output i read x[i + d]: x[j] gets g[j - d]; outputs i > n-1-d read x[2(n-1) - i - d], which is
+    # x[j] for n-1-d <= j <= n-2 and g[2(n-1) - d - j].
+    from_after = joined(zeros(d), take(0, n - d)) + joined(zeros(n - 1 - d), flip(take(n - d, n)), zeros(1))
+    return g + from_before + from_after
+
+
+def _dilated_average_pool_transpose(g, dilation):
+    """Adjoint of ``dilated_average_pool`` (a linear map): columns, then rows, transposed."""
+    d = int(dilation)
+    return _three_tap_sum_transpose(_three_tap_sum_transpose(g, d, 2), d, 1) / 9.0
+
+
 def _peakiness_terms(features, padded, d):
-    """(local term a, channel term b, softplus(a), softplus(b)) of ``peakiness_score``."""
+    """(local term a, channel term b, softplus(a), softplus(b)) of the nine-tap reference."""
     local = features - _nine_tap_mean(padded, d, ops.shape(features)[1], ops.shape(features)[2])
     channel = features - ops.mean(features, axis=-1, keepdims=True)
     return local, channel, ops.softplus(local), ops.softplus(channel)
@@ -78,80 +109,66 @@ def _terms_gradient(upstream, local, channel):
     return g_local + g_channel - ops.mean(g_channel, axis=-1, keepdims=True), g_local
 
 
-@functools.lru_cache(maxsize=None)
-def _score_of_padded(d):
-    """``(features, reflect-padded features) -> score`` with a hand-written gradient.
+def _local_and_channel_terms(features, scale, d):
+    """``x = features / scale`` in float32, its local term ``x - avg_3x3,d(x)`` and channel term ``x - mean_c(x)``."""
+    x = ops.cast(features, "float32") / scale
+    return x, x - dilated_average_pool(x, d), x - ops.mean(x, axis=-1, keepdims=True)
 
-    Autodiff of the score keeps the softplus terms and their derivatives as full-size float32 maps for the
-    backward pass; at 480 x 480 that was about half of ASLFeat's non-convolution step time on an H100
-    (docs/benchmarks.md, kernel profile). Here only the input is kept: the backward pass recomputes the terms
-    and sends the gradient to the arg-max channel of alpha * beta at each pixel, in a few fused passes.
-    The reflect padding stays outside: autodiff folds its gradient back onto the border. One function per
-    dilation, built once.
+
+@functools.lru_cache(maxsize=None)
+def _score_function(d):
+    """``(features, scale) -> score of features / scale`` with a hand-written gradient, one per dilation.
+
+    Autodiff of the score keeps the scaled map, its neighbourhood mean, the softplus terms and their derivatives as
+    full-size float32 maps for the backward pass; at 480 x 480 these passes were most of ASLFeat's detector time on
+    GPU (docs/benchmarks.md, kernel profiles). Here the backward pass keeps only the layer's input (which the
+    network keeps anyway: the batch norm after the tap needs it) and the scale, recomputes the terms, sends the
+    gradient to the arg-max channel of alpha * beta at each pixel, and takes the neighbourhood mean's gradient
+    through its transpose, written out (``_dilated_average_pool_transpose``).
     """
 
     @ops.custom_gradient
-    def score(features, padded):
-        _, _, alpha, beta = _peakiness_terms(features, padded, d)
-        out = ops.max(alpha * beta, axis=-1)
+    def score(features, scale):
+        _, local, channel = _local_and_channel_terms(features, scale, d)
+        out = ops.max(ops.softplus(local) * ops.softplus(channel), axis=-1)
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            local, channel, _, _ = _peakiness_terms(features, padded, d)
-            g_features, g_local = _terms_gradient(upstream, local, channel)
-            # d local / d padded: minus the nine-tap mean's transpose, a nine-tap sum over a zero-padded map.
-            height, width = ops.shape(padded)[1], ops.shape(padded)[2]
-            g_padded = -_nine_tap_mean(ops.pad(g_local, [[0, 0], [2 * d, 2 * d], [2 * d, 2 * d], [0, 0]]),
-                                       d, height, width)
-            return g_features, g_padded
+            # XLA merges this recomputation with the forward pass where it pays (common subexpressions): forcing a
+            # full recomputation, with the scale made to depend on the cotangent, was slower on an H200 (bfloat16
+            # step 4.04 -> 4.58 ms, docs/benchmarks.md).
+            x, local, channel = _local_and_channel_terms(features, scale, d)
+            g_x, g_local = _terms_gradient(upstream, local, channel)
+            g_x = g_x - _dilated_average_pool_transpose(g_local, d)
+            # d(x)/d(scale) = -x / scale: per sample ([B, 1, 1, 1] scale), or summed (scalar scale).
+            g_scale = -ops.sum(g_x * x, axis=tuple(range(1, len(x.shape))), keepdims=True) / scale
+            if len(scale.shape) == 0:
+                g_scale = ops.sum(g_scale)
+            return ops.cast(g_x / scale, features.dtype), g_scale
 
         return out, grad
 
     return score
 
 
-@ops.custom_gradient
-def _score_of_mean(features, neighbourhood_mean):
-    """``(features, their dilated 3x3 mean) -> score`` with a hand-written gradient.
+def peakiness_score(features, dilation, scale=1.0):
+    """``max_c softplus(x - avg_3x3,d(x)) * softplus(x - mean_c(x))`` of ``x = features / scale`` (float32).
 
-    Autodiff of the score keeps the softplus terms and their derivatives as full-size float32 maps for the
-    backward pass; at 480 x 480 that was about half of ASLFeat's non-convolution step time on an H100
-    (docs/benchmarks.md, kernel profile). Here only the two inputs are kept: the backward pass recomputes the terms
-    and sends the gradient to the arg-max channel of alpha * beta at each pixel. The mean is linear and stays
-    outside, under autodiff (its gradient is the transposed taps). On an H200 this took the bfloat16 step from 5.70
-    (autodiff) to 4.82 ms; the first hand-written version, over the 2-D padded map, reached 5.53.
-    """
-    local = features - neighbourhood_mean
-    channel = features - ops.mean(features, axis=-1, keepdims=True)
-    out = ops.max(ops.softplus(local) * ops.softplus(channel), axis=-1)
-
-    def grad(*args, upstream=None):
-        upstream = args[0] if upstream is None else upstream
-        g_features, g_local = _terms_gradient(upstream, features - neighbourhood_mean,
-                                              features - ops.mean(features, axis=-1, keepdims=True))
-        return g_features, -g_local
-
-    return out, grad
-
-
-def peakiness_score(features, dilation):
-    """``max_c softplus(y - avg_3x3,d(y)) * softplus(y - mean_c(y))`` for already normalised features ``y``.
+    Args:
+      features: [B, h, w, C], any float dtype (bfloat16 stays bfloat16 in memory; the score is computed in float32).
+      dilation: of the 3x3 neighbourhood (REFLECT padding).
+      scale: a scalar or [B, 1, 1, 1] normaliser (the level's running instance maximum).
 
     Shape:
-        features: [B, h, w, C] -> [B, h, w]
+        features: [B, h, w, C] -> [B, h, w] float32
     """
-    return _score_of_mean(features, dilated_average_pool(features, dilation))
-
-
-def peakiness_score_padded(features, dilation):
-    """The same score with the session-5 hand-written gradient over the 2-D reflect-padded map (nine taps);
-    kept for ``scripts/gpu/aslfeat_profile.py`` to compare the two on a GPU."""
-    d = int(dilation)
-    return _score_of_padded(d)(features, _reflect_pad(features, d))
+    scale = ops.cast(ops.convert_to_tensor(scale), "float32")
+    return _score_function(int(dilation))(features, scale)
 
 
 def peakiness_score_autodiff(features, dilation):
-    """The same score differentiated by autodiff (the reference for the hand-written gradient's tests)."""
+    """The same score differentiated by autodiff, from the nine taps of the 2-D reflect-padded map (the reference
+    for the hand-written gradient's tests)."""
     d = int(dilation)
     _, _, alpha, beta = _peakiness_terms(features, _reflect_pad(features, d), d)
     return ops.max(alpha * beta, axis=-1)
@@ -165,7 +182,7 @@ class Peakiness(keras.layers.Layer):
       decay: EMA decay of the instance maximum (ASLFeat: 0.99).
 
     Shape:
-      features: [B, h, w, C] -> [B, h, w]
+      features: [B, h, w, C] (any float dtype) -> [B, h, w] float32
     """
 
     def __init__(self, dilation=1, decay=0.99, **kwargs):
@@ -179,13 +196,22 @@ class Peakiness(keras.layers.Layer):
         self.instance_max = self.add_weight(name="instance_max", shape=(), initializer="ones", trainable=False,
                                             autocast=False)
 
-    def call(self, features, training=False):
-        features = ops.cast(features, "float32")  # the score in float32 also under a bfloat16 compute dtype
-        if training:
-            current = ops.max(ops.stop_gradient(features))
-            # TF1 assign_moving_average: m <- m - (1 - decay) (m - x), applied before use.
-            self.instance_max.assign(self.instance_max - (1.0 - self.decay) * (self.instance_max - current))
-        return peakiness_score(features / self.instance_max, self.dilation)
+    def call(self, features, training=False, groups=1):
+        """``groups`` g > 1: the batch holds g equal parts that the original ran as g separate calls (ASLFeat's two
+        towers), each normalised by the running maximum after its own update, in order."""
+        if not training:
+            return peakiness_score(features, self.dilation, self.instance_max)
+        # TF1 assign_moving_average: m <- m - (1 - decay) (m - x), applied before use.
+        parts = ops.reshape(ops.stop_gradient(features), (groups, -1) + tuple(features.shape[1:]))
+        maxima = ops.cast(ops.max(parts, axis=tuple(range(1, len(parts.shape)))), "float32")
+        scale, scales = ops.convert_to_tensor(self.instance_max), []
+        for g in range(groups):
+            scale = scale - (1.0 - self.decay) * (scale - maxima[g])
+            scales.append(scale)
+        self.instance_max.assign(scale)
+        if groups > 1:  # one scale per sample: [B, 1, 1, 1]
+            scale = ops.reshape(ops.repeat(ops.stack(scales), ops.shape(features)[0] // groups), (-1, 1, 1, 1))
+        return peakiness_score(features, self.dilation, scale)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1])

@@ -22,6 +22,7 @@ from tfmatch import config
 from tfmatch.methods.base import Method
 from tfmatch.runtime import callbacks as cb
 from tfmatch.runtime import checkpoints
+from tfmatch.runtime import device_loop as device_loop_module
 from tfmatch.runtime.strategy import make_distribution, resolve_jit_compile
 
 
@@ -43,15 +44,13 @@ def build_model():
     return _call_reference(reference)
 
 
-def _to_numpy(batch):
-    return keras.tree.map_structure(lambda t: np.asarray(t), batch)
-
-
-def _first_batch(dataset):
+def first_batch_as_numpy(dataset):
+    """The dataset's first batch as numpy arrays (to build a model's variables before fit or a restore)."""
     try:
-        return next(iter(dataset))
+        batch = next(iter(dataset))
     except StopIteration:
         raise ValueError("the training dataset is empty: check the data root and split") from None
+    return keras.tree.map_structure(lambda t: np.asarray(t), batch)
 
 
 @gin.configurable(denylist=["model_dir"])
@@ -72,6 +71,7 @@ def train(
     seed: int = 0,
     nan_check_every: int = 10,  # steps between NaN/Inf checks (each waits for the device); 1 = every step
     steps_per_execution: int = 1,  # steps dispatched per call of Keras' train function (see below)
+    device_loop: bool = True,  # JAX, one device: run those steps as one compiled loop (runtime/device_loop.py)
     match_images: bool = True,  # draw the method's visualization() into TensorBoard every epoch
     verbose="auto",  # auto: progress bar on a terminal, plain log lines otherwise
 ):
@@ -80,7 +80,9 @@ def train(
     ``steps_per_execution`` k: Keras hands the logs to the callbacks, turning them into Python numbers (a wait
     for the device), once per k steps instead of after every step, so the device keeps busy while the loop fetches
     the next batches (ASLFeat's recipes use 10: docs/benchmarks.md). It is reduced to divide ``log_every`` and
-    ``steps_per_epoch``; NaN checks, log lines and checkpoints then fall on multiples of it.
+    ``steps_per_epoch``; NaN checks, log lines and checkpoints then fall on multiples of it. On the JAX backend with
+    one device and ``device_loop``, the k steps also run as one compiled loop over k stacked batches, sent to the
+    device in one copy (``runtime/device_loop.py``): the same steps, with k times fewer host round trips.
 
     Returns:
       The trained model (its weights also in ``model_dir/checkpoints``).
@@ -110,13 +112,8 @@ def train(
                                   init_exclude)
 
     dataset = dataset_fn("train", batch_size)
-    sample = _to_numpy(_first_batch(dataset))
-    with distribution.scope:
-        model = model_fn()
-        optimizer = optimizer_fn()
-        model(sample, training=False)  # creates every variable before a restore
-        optimizer.build(model.trainable_variables)
-        model.compile(optimizer=optimizer, jit_compile=jit, steps_per_execution=steps_per_execution)
+    model, optimizer, dataset, sample = compile_for_fit(model_fn, optimizer_fn, dataset, distribution, jit,
+                                                        steps_per_execution, device_loop)
     initial_step = _restore_or_initialise(model, optimizer, model_dir, init_checkpoint, init_exclude)
     if initial_step >= max_steps:
         print(f"[tfmatch] {model_dir} is already trained to step {initial_step} (max_steps {max_steps})", flush=True)
@@ -140,8 +137,32 @@ def train(
           flush=True)
     model.fit(dataset, epochs=max_steps // steps_per_epoch, steps_per_epoch=steps_per_epoch,
               initial_epoch=initial_step // steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    stats = getattr(model.train_function, "stats", None)
+    if stats:
+        print(f"[tfmatch] device loop: {stats['calls']} calls, {stats['first_steps_reused']} started from the step "
+              "dispatched ahead", flush=True)
     print(f"[tfmatch] done at step {counter.step}; checkpoint {checkpoints.latest_checkpoint(model_dir)}", flush=True)
     return model
+
+
+def compile_for_fit(model_fn, optimizer_fn, dataset, distribution, jit, steps_per_execution, device_loop):
+    """Creates the model and optimizer in the distribution's scope, builds every variable from the dataset's first
+    batch (before a restore), compiles for ``fit``, and returns ``(model, optimizer, dataset to give fit, that
+    batch)``: the same dataset, or k-step elements for the JAX device loop (``runtime/device_loop.py``: one device,
+    ``steps_per_execution`` k > 1, compiled), which then also sets ``model.train_function``."""
+    sample = first_batch_as_numpy(dataset)
+    with distribution.scope:
+        model = model_fn()
+        optimizer = optimizer_fn()
+        model(sample, training=False)
+        optimizer.build(model.trainable_variables)
+        model.compile(optimizer=optimizer, jit_compile=jit, steps_per_execution=steps_per_execution)
+    if (device_loop and steps_per_execution > 1 and jit and keras.backend.backend() == "jax"
+            and distribution.num_replicas == 1):
+        device_loop_module.install(model, steps_per_execution)
+        logging.info("device loop: %d steps per compiled call", steps_per_execution)
+        dataset = device_loop_module.stack_steps(dataset, steps_per_execution)
+    return model, optimizer, dataset, sample
 
 
 def _restore_or_initialise(model, optimizer, model_dir, init_checkpoint, init_exclude) -> int:

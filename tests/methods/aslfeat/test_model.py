@@ -49,6 +49,31 @@ def test_training_outputs_and_weight_decay(batch):
     assert not stage2.losses  # stage 2: no weight decay (spec 1.6)
 
 
+@pytest.mark.parametrize("stage", [{}, DCN])
+def test_two_towers_in_one_call_equal_two_calls(batch, stage):
+    """ASLFeat.call runs both towers as one call of two groups: the same maps, and the same BN moving statistics
+    and running maxima afterwards, as the original's two calls (each tower with its own batch statistics)."""
+    model = ASLFeat(num_corr=64, min_corr=8, **stage)
+    model(batch, training=False)
+    net = model.net
+    before = [np.array(v.numpy()) for v in net.non_trainable_variables]
+    x0, x1 = standardize(batch["image0"]), standardize(batch["image1"])
+    separate = [net(x0, training=True), net(x1, training=True)]
+    after_separate = [np.array(v.numpy()) for v in net.non_trainable_variables]
+    for v, value in zip(net.non_trainable_variables, before):
+        v.assign(value)
+    both = net(np.concatenate([x0, x1]), training=True, groups=2)
+    for key in ("descriptor_map", "score_map"):
+        np.testing.assert_allclose(np.asarray(both[key]),
+                                   np.concatenate([np.asarray(out[key]) for out in separate]), rtol=2e-5, atol=2e-6)
+    moved = 0
+    for v, expected, initial in zip(net.non_trainable_variables, after_separate, before):
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=v.path)
+        moved += not np.allclose(expected, initial)
+    # Both stages move the three running maxima; stage 1 also the mean and variance of the eight BNs, stage 2 none.
+    assert moved == (3 if stage else 3 + 8 * 2)
+
+
 def _snapshot(model):
     return {checkpoints.variable_key(v, model.name): np.array(v.numpy()) for v in model.variables}
 

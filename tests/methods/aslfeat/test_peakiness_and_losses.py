@@ -2,10 +2,10 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
-from tfmatch.layers.peakiness import (Peakiness, dilated_average_pool, peakiness_score, peakiness_score_autodiff,
-                                     peakiness_score_padded)
+from tfmatch.layers.peakiness import Peakiness, dilated_average_pool, peakiness_score, peakiness_score_autodiff
 from tfmatch.losses.contrastive import circle_loss, hardest_contrastive_loss
 from tfmatch.methods.aslfeat.network import edge_mask, resize_bilinear_legacy, subpixel_offsets
 
@@ -54,28 +54,77 @@ def test_peakiness_instance_max_ema_and_dilation():
     np.testing.assert_allclose(avg[0, 0], expected, rtol=1e-6)
 
 
-def _score_and_gradient(score_fn, features, upstream, dilation):
+def _score_and_gradient(score_fn, features, upstream, dilation, scale=None):
     import tensorflow as tf
 
     x = tf.constant(features)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        value = tf.reduce_sum(score_fn(x, dilation) * upstream)
+        if scale is None:
+            score = score_fn(x, dilation)
+        else:  # the hand-written function divides by the scale inside; autodiff gets the divided map
+            score = score_fn(x, dilation, scale) if score_fn is peakiness_score else score_fn(x / scale, dilation)
+        value = tf.reduce_sum(score * upstream)
     return float(value), tape.gradient(value, x).numpy()
 
 
-@pytest.mark.parametrize("score_fn", [peakiness_score, peakiness_score_padded])
-@pytest.mark.parametrize("shape,dilation", [((2, 7, 9, 5), 1), ((1, 11, 10, 4), 3), ((2, 8, 8, 3), 2)])
-def test_peakiness_hand_written_gradient_equals_autodiff(shape, dilation, score_fn):
+@pytest.mark.parametrize("scale", [None, 1.7, "per_sample"])
+@pytest.mark.parametrize("shape,dilation", [((2, 7, 9, 5), 1), ((1, 11, 10, 4), 3), ((2, 8, 8, 3), 2),
+                                            ((2, 4, 6, 3), 3)])  # 4 rows: the smallest height for dilation 3
+def test_peakiness_hand_written_gradient_equals_autodiff(shape, dilation, scale):
     rng = np.random.default_rng(0)
     features = rng.normal(size=shape).astype(np.float32)
     upstream = rng.normal(size=shape[:3]).astype(np.float32)
-    value, grad = _score_and_gradient(score_fn, features, upstream, dilation)
-    ref_value, ref_grad = _score_and_gradient(peakiness_score_autodiff, features, upstream, dilation)
+    if scale == "per_sample":
+        scale = rng.uniform(0.5, 2.0, size=(shape[0], 1, 1, 1)).astype(np.float32)
+    value, grad = _score_and_gradient(peakiness_score, features, upstream, dilation, scale)
+    ref_value, ref_grad = _score_and_gradient(peakiness_score_autodiff, features, upstream, dilation, scale)
     assert value == pytest.approx(ref_value, rel=1e-6)
     np.testing.assert_allclose(grad, ref_grad, atol=2e-6 * np.abs(ref_grad).max())
     # The border rows get gradient through the reflect padding too (the padding's gradient is folded back).
     assert np.abs(grad[:, 0]).sum() > 0 and np.abs(grad[:, :, -1]).sum() > 0
+
+
+def test_peakiness_gradient_with_respect_to_the_scale():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    features = tf.constant(rng.normal(size=(2, 6, 7, 3)).astype(np.float32))
+    upstream = rng.normal(size=(2, 6, 7)).astype(np.float32)
+    for scale in (np.float32(1.3), rng.uniform(0.5, 2.0, size=(2, 1, 1, 1)).astype(np.float32)):
+        grads = []
+        for fn in (lambda s: peakiness_score(features, 2, s), lambda s: peakiness_score_autodiff(features / s, 2)):
+            s = tf.constant(scale)
+            with tf.GradientTape() as tape:
+                tape.watch(s)
+                value = tf.reduce_sum(fn(s) * upstream)
+            grads.append(tape.gradient(value, s).numpy())
+        assert grads[0].shape == np.shape(scale)
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_peakiness_of_bfloat16_features_is_float32_and_close():
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(1, 9, 8, 4)).astype(np.float32)
+    reference = np.asarray(peakiness_score(features, 2))
+    score = peakiness_score(keras.ops.cast(features, "bfloat16"), 2)
+    assert keras.backend.standardize_dtype(score.dtype) == "float32"
+    np.testing.assert_allclose(np.asarray(score), reference, rtol=0.05, atol=0.02)
+
+
+def test_peakiness_groups_equal_separate_calls():
+    """Two towers in one call of two groups: the same scores and the same running maximum as two calls."""
+    rng = np.random.default_rng(4)
+    part0 = 2.0 * rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+    part1 = 5.0 * rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+    separate, grouped = Peakiness(dilation=2, name="a"), Peakiness(dilation=2, name="b")
+    expected = np.concatenate([np.asarray(separate(part0, training=True)),
+                               np.asarray(separate(part1, training=True))])
+    score = np.asarray(grouped(np.concatenate([part0, part1]), training=True, groups=2))
+    np.testing.assert_allclose(score, expected, rtol=1e-6)
+    np.testing.assert_allclose(float(grouped.instance_max), float(separate.instance_max), rtol=1e-7)
+    m1 = 1.0 - 0.01 * (1.0 - part0.max())
+    np.testing.assert_allclose(float(grouped.instance_max), m1 - 0.01 * (m1 - part1.max()), rtol=1e-6)
 
 
 def test_peakiness_gradient_shares_ties_like_a_max():

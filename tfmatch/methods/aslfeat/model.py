@@ -1,6 +1,7 @@
 """ASLFeat as a ``tfmatch`` method: two towers, dense depth-warped correspondences, descriptor loss, extraction.
 
-Training (spec 4.4-4.6): each image of a pair goes through the network in its own call (BN statistics per tower);
+Training (spec 4.4-4.6): the images 0 and the images 1 of the pairs go through the network as two towers, each with
+its own BN statistics (one call of two groups, equal to the original's two calls);
 every pixel of image 0 is warped into image 1 with depth and relative pose (``warp_with_depth``, tolerance 0.05);
 up to ``num_corr`` valid correspondences per pair are drawn at random (a ``SeedGenerator`` owned by the model);
 descriptors are sampled from conv6 at p/4 (corner-aligned) and scores from S at p; the loss is the score-weighted
@@ -22,6 +23,7 @@ from keras import ops
 from tfmatch.geometry.depth_warp import warp_with_depth
 from tfmatch.layers.keypoints import sample_descriptors, select_top_k
 from tfmatch.layers.nms import max_pool_nms
+from tfmatch.layers.random_subset import top_k_of_uniform_keys
 from tfmatch.layers.sampling import bilinear_sample
 from tfmatch.losses.contrastive import circle_loss, hardest_contrastive_loss
 from tfmatch.methods.aslfeat.network import ASLFeatNet, BatchNorm, edge_mask, standardize, subpixel_offsets
@@ -144,11 +146,13 @@ class ASLFeat(Method):
         height, width = static[1], static[2]
         if height is None or width is None:
             raise ValueError(f"tfmatch/methods/aslfeat/model.py: training images need a static size, got {static}")
-        # Two separate calls: each tower normalises with its own batch statistics (spec 1.7).
-        out0 = self.net(standardize(image0), training=training)
-        out1 = self.net(standardize(image1), training=training)
-
+        # Two towers in one call of two groups: each normalises with its own batch statistics (spec 1.7).
+        both = self.net(ops.concatenate([standardize(image0), standardize(image1)], axis=0), training=training,
+                        groups=2)
         batch_size = ops.shape(image0)[0]
+        out0, out1 = ({key: value[part] for key, value in both.items()}
+                      for part in (slice(None, batch_size), slice(batch_size, None)))
+
         ys, xs = ops.meshgrid(ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"),
                               indexing="ij")
         grid = ops.stack([ops.reshape(xs, (-1,)), ops.reshape(ys, (-1,))], axis=-1)  # [H*W, 2] (x, y)
@@ -159,7 +163,7 @@ class ASLFeat(Method):
         noise = keras.random.uniform(ops.shape(valid), seed=self.seed_generator)
         key = ops.where(valid, noise, -1.0)
         num_corr = min(self.num_corr, height * width)
-        top, index = ops.top_k(key, k=num_corr, sorted=False)
+        top, index = top_k_of_uniform_keys(key, num_corr)  # = ops.top_k(key, num_corr), without sorting every key
         corr_valid = top >= 0.0
         index = index[..., None]
         pos0 = ops.take_along_axis(grid, index, axis=1)

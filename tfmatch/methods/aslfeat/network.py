@@ -26,6 +26,7 @@ import keras
 from keras import ops
 
 from tfmatch.layers.deform_conv import DEFORM_TYPES, DeformConv2D
+from tfmatch.layers.im2col import conv2d_as_matmul
 from tfmatch.layers.peakiness import Peakiness
 
 __all__ = ["ASLFeatNet", "BatchNorm", "ConvBlock", "standardize", "resize_bilinear_legacy", "edge_mask",
@@ -73,20 +74,28 @@ class BatchNorm(keras.layers.Layer):
         self.moving_variance = self.add_weight(name="moving_variance", shape=(channels,), initializer="ones",
                                                trainable=False, autocast=False)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, groups=1):
+        """``groups`` g > 1: the batch holds g equal parts that the original ran as g separate calls (ASLFeat's two
+        towers): each part is normalised with its own statistics, and the moving averages take the parts' updates
+        one after the other, as g calls would."""
         values = ops.cast(inputs, "float32")
-        if training:
-            mean, variance = ops.moments(values, axes=[0, 1, 2])
-            if self.update_moving_stats:
-                shape = ops.shape(inputs)
-                count = ops.cast(shape[0] * shape[1] * shape[2], variance.dtype)
-                unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
-                m = self.momentum
-                self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
-                self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * unbiased)
-        else:
-            mean, variance = self.moving_mean, self.moving_variance
-        return ops.cast((values - mean) / ops.sqrt(variance + self.epsilon), inputs.dtype)
+        if not training:
+            return ops.cast((values - self.moving_mean) / ops.sqrt(self.moving_variance + self.epsilon), inputs.dtype)
+        parts = ops.reshape(values, (groups, -1) + tuple(values.shape[1:]))  # [g, B/g, H, W, C]
+        mean, variance = ops.moments(parts, axes=[1, 2, 3], keepdims=True)  # [g, 1, 1, 1, C]
+        if self.update_moving_stats:
+            shape = ops.shape(parts)
+            count = ops.cast(shape[1] * shape[2] * shape[3], variance.dtype)
+            unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+            m = self.momentum
+            moving_mean, moving_variance = self.moving_mean, self.moving_variance
+            for g in range(groups):
+                moving_mean = m * moving_mean + (1.0 - m) * ops.reshape(mean[g], (-1,))
+                moving_variance = m * moving_variance + (1.0 - m) * ops.reshape(unbiased[g], (-1,))
+            self.moving_mean.assign(moving_mean)
+            self.moving_variance.assign(moving_variance)
+        normalised = (parts - mean) / ops.sqrt(variance + self.epsilon)
+        return ops.cast(ops.reshape(normalised, ops.shape(inputs)), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -134,11 +143,15 @@ class ConvBlock(keras.layers.Layer):
         if self.batch_norm:
             self.bn.build(self.conv.compute_output_shape(input_shape))
 
-    def call(self, inputs, training=False):
-        pre_bn = self.conv(inputs)
+    def call(self, inputs, training=False, groups=1):
+        if self.deform_type is None and self.strides == 1 and inputs.shape[-1] == 1:
+            # The image layer as im2col + matmul: cuDNN's one-channel kernels convert the layout and run slowly.
+            pre_bn = conv2d_as_matmul(ops.cast(inputs, self.compute_dtype), self.conv.kernel)
+        else:
+            pre_bn = self.conv(inputs)
         if not self.batch_norm:
             return pre_bn, pre_bn
-        return ops.relu(self.bn(pre_bn, training=training)), pre_bn
+        return ops.relu(self.bn(pre_bn, training=training, groups=groups)), pre_bn
 
     def get_config(self):
         config = super().get_config()
@@ -208,6 +221,11 @@ class ASLFeatNet(keras.layers.Layer):
       dtype: Keras dtype policy of every sublayer; 'mixed_bfloat16' runs the convolutions in bfloat16 (float32
         variables), while batch-norm statistics and the detector stay float32.
 
+    Call args:
+      groups: g > 1 runs g equal parts of the batch as the original's g separate calls (ASLFeat trains its two
+        towers this way, in one call: half the kernels, each on twice the data): batch norm and the detector's
+        running maximum use each part's own statistics, updated part after part.
+
     Shape:
       images: [B, H, W, 1] standardised -> dict
         ``descriptor_map``: [B, ceil(H/4), ceil(W/4), D] raw conv6 (not normalised; the compute dtype),
@@ -253,16 +271,16 @@ class ASLFeatNet(keras.layers.Layer):
             if blk.name in self.peakiness:
                 self.peakiness[blk.name].build(shape)
 
-    def call(self, images, training=False):
+    def call(self, images, training=False, groups=1):
         height, width = ops.shape(images)[1], ops.shape(images)[2]
         x = images
         taps = {}
         for blk in self.blocks:
-            x, pre_bn = blk(x, training=training)
+            x, pre_bn = blk(x, training=training, groups=groups)
             taps[blk.name] = pre_bn  # conv1 / conv3 taps are pre-BN; conv6 has no BN
         score = None
         for name, weight in self.levels:
-            level = self.peakiness[name](taps[name], training=training)
+            level = self.peakiness[name](taps[name], training=training, groups=groups)
             level = weight * resize_bilinear_legacy(level, height, width)
             score = level if score is None else score + level
         return {"descriptor_map": x, "score_map": score}

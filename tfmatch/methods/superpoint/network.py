@@ -19,6 +19,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfmatch.layers.im2col import conv2d_as_matmul
+
 CELL = 8  # the encoder's stride; one detector cell covers CELL x CELL pixels
 BATCH_NORM_VARIANTS = (None, "conv_relu_bn", "conv_bn_relu")
 _POOL_AFTER = (1, 3, 5)  # encoder conv indices followed by a 2x2 max-pool
@@ -56,19 +58,8 @@ class ConvUnit(keras.layers.Layer):
         if self.bn is not None:
             self.bn.build(tuple(input_shape[:-1]) + (self.filters,))
 
-    def _conv_as_matmul(self, x):
-        k = self.kernel_size
-        shape = ops.shape(x)
-        height, width = shape[1], shape[2]
-        padded = ops.pad(x, [[0, 0], [k // 2, (k - 1) // 2], [k // 2, (k - 1) // 2], [0, 0]])
-        # Tap order (dy, dx, c) is the row order of the [k, k, C_in, F] kernel reshaped to [k*k*C_in, F].
-        taps = ops.concatenate([padded[:, dy:dy + height, dx:dx + width, :] for dy in range(k) for dx in range(k)],
-                               axis=-1)
-        kernel = ops.reshape(self.conv.kernel, (-1, self.filters))
-        return ops.matmul(taps, ops.cast(kernel, taps.dtype)) + ops.cast(self.conv.bias, taps.dtype)
-
     def call(self, x, training=False):
-        x = self._conv_as_matmul(x) if self.as_matmul else self.conv(x)
+        x = conv2d_as_matmul(x, self.conv.kernel, self.conv.bias) if self.as_matmul else self.conv(x)
         if self.batch_norm == "conv_bn_relu":
             x = self.bn(x, training=training)
         if self.relu:

@@ -1,0 +1,41 @@
+"""The device loop's fetch thread: order, end of data, errors (the loop itself: test_train.py, on JAX)."""
+
+import pytest
+
+from tfmatch.runtime.device_loop import _Fetcher
+
+
+def test_fetcher_keeps_order_and_ends_like_the_iterator():
+    fetcher = _Fetcher(iter(range(7)), depth=2)
+    assert [fetcher.get() for _ in range(7)] == list(range(7))
+    for _ in range(2):  # the end stays the end
+        with pytest.raises(StopIteration):
+            fetcher.get()
+
+
+def test_fetcher_raises_the_iterators_error_in_the_caller():
+    def broken():
+        yield 1
+        raise ValueError("bad record in file x")
+
+    fetcher = _Fetcher(broken())
+    assert fetcher.get() == 1
+    with pytest.raises(ValueError, match="bad record in file x"):
+        fetcher.get()
+
+
+def test_stopped_fetcher_takes_no_more_than_it_holds():
+    taken = []
+
+    def counting():
+        for i in range(1000):
+            taken.append(i)
+            yield i
+
+    fetcher = _Fetcher(counting(), depth=2)
+    assert fetcher.get() == 0
+    fetcher.stop()
+    import time
+
+    time.sleep(0.5)
+    assert len(taken) <= 4  # the one returned, two queued, one waiting to be queued
