@@ -161,6 +161,7 @@ def benchmark_train(batch, steps, warmup, synthetic_data):
 
     dataset_fn = gin.query_parameter("train.dataset_fn").scoped_configurable_fn
     optimizer_fn = gin.query_parameter("train.optimizer_fn").scoped_configurable_fn
+    from tfmatch.runtime import device_loop
     from tfmatch.runtime.trainer import build_model, compile_for_fit
 
     distribution = make_distribution(gin.query_parameter("train.strategy"))
@@ -171,16 +172,16 @@ def benchmark_train(batch, steps, warmup, synthetic_data):
     steps = -(-steps // per_execution) * per_execution  # whole executions
     warmup = -(-max(warmup, 1) // per_execution) * per_execution
     try:
-        device_loop = bool(gin.query_parameter("train.device_loop"))
+        use_device_loop = bool(gin.query_parameter("train.device_loop"))
     except ValueError:
-        device_loop = True
+        use_device_loop = True
     dataset = dataset_fn("train", batch)
     if synthetic_data:
         dataset = dataset.take(1).cache().repeat()
     # As the trainer does: variables from one batch, then compile; the JAX device loop where it applies.
     model, _, dataset, _ = compile_for_fit(build_model, optimizer_fn, dataset, distribution,
                                            resolve_jit_compile(gin.query_parameter("train.jit_compile"),
-                                                               distribution), per_execution, device_loop)
+                                                               distribution), per_execution, use_device_loop)
 
     class Timer(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -189,9 +190,12 @@ def benchmark_train(batch, steps, warmup, synthetic_data):
         def on_train_end(self, logs=None):
             self.elapsed = time.perf_counter() - self.start
 
-    model.fit(dataset, epochs=1, steps_per_epoch=warmup, verbose=0)
-    timer = Timer()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    try:
+        model.fit(dataset, epochs=1, steps_per_epoch=warmup, verbose=0)
+        timer = Timer()
+        model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    finally:
+        device_loop.close(model)
     return type(model).__name__, {"pairs_per_second": batch * steps / timer.elapsed,
                                   "ms_per_step": 1000 * timer.elapsed / steps,
                                   "replicas": distribution.num_replicas, "steps_per_execution": per_execution,

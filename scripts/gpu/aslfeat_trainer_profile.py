@@ -158,9 +158,11 @@ def main():
         def make_timed(self, force=False):
             make(self, force=force)
             if not getattr(self.train_function, "_timed", False):
-                holder = type("Holder", (), {"fn": staticmethod(self.train_function)})
+                original = self.train_function
+                holder = type("Holder", (), {"fn": staticmethod(original)})
                 host_timers.wrap(holder, "fn", "train_function (data + device_put + dispatch of k steps)")
                 self.train_function = holder.fn
+                self.train_function.__dict__.update(getattr(original, "__dict__", {}))  # the device loop's stats, close
                 self.train_function._timed = True
 
         jax_trainer.JAXTrainer.make_train_function = make_timed

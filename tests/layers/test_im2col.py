@@ -7,7 +7,7 @@ import pytest
 from tfmatch.layers.im2col import conv2d_as_matmul
 
 
-@pytest.mark.parametrize("channels,kernel_size,use_bias", [(1, 3, False), (2, 3, True), (1, 5, True), (3, 1, False)])
+@pytest.mark.parametrize("channels,kernel_size,use_bias", [(1, 3, False), (2, 3, True), (1, 5, True), (3, 1, False), (1, 2, True), (2, 4, False)])
 def test_conv2d_as_matmul_equals_conv2d(channels, kernel_size, use_bias):
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 9, 7, channels)).astype(np.float32)

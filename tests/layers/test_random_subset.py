@@ -17,16 +17,16 @@ def _as_sets(top, index):
     return [set(zip(np.round(t, 7), i)) for t, i in zip(top, index)]
 
 
-@pytest.mark.parametrize("valid_fraction", [1.0, 0.3, 0.01])
-def test_same_entries_as_a_full_top_k(valid_fraction):
+@pytest.mark.parametrize("valid_fraction,k,rows", [(1.0, 64, 3), (0.3, 64, 3), (0.01, 64, 3), (1.0, 8, 200),
+                                                    (0.5, 1, 200)])
+def test_same_entries_as_a_full_top_k(valid_fraction, k, rows):
     rng = np.random.default_rng(0)
-    keys = _keys(rng, 3, 20000, valid_fraction)
-    k = 64
+    keys = _keys(rng, rows, 20000, valid_fraction)
     top, index = top_k_of_uniform_keys(keys, k)
     ref_top, ref_index = ops.top_k(keys, k=k, sorted=False)
-    assert tuple(top.shape) == (3, k) and tuple(index.shape) == (3, k)
+    assert tuple(top.shape) == (rows, k) and tuple(index.shape) == (rows, k)
     got, ref = np.asarray(top), np.asarray(ref_top)
-    for row in range(3):
+    for row in range(rows):
         valid = ref[row] >= 0
         # The valid picks are the same (key, index) pairs; rows with fewer than k valid keys fill up with negatives.
         assert {p for p in _as_sets(top, index)[row] if p[0] >= 0} == {p for p in _as_sets(ref_top, ref_index)[row]

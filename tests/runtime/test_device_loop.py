@@ -39,3 +39,14 @@ def test_stopped_fetcher_takes_no_more_than_it_holds():
 
     time.sleep(0.5)
     assert len(taken) <= 4  # the one returned, two queued, one waiting to be queued
+
+
+def test_device_loop_takes_endless_and_unknown_sized_pipelines_not_finite_ones():
+    import tensorflow as tf
+
+    from tfmatch.runtime.trainer import _is_infinite
+
+    endless = tf.data.Dataset.range(10).repeat()
+    assert _is_infinite(endless)
+    assert _is_infinite(endless.filter(lambda x: x % 2 == 0))  # unknown size, as GL3D's pipeline after its filters
+    assert not _is_infinite(tf.data.Dataset.range(10).batch(2))

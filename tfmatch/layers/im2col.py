@@ -20,7 +20,7 @@ def conv2d_as_matmul(inputs, kernel, bias=None):
     """
     k = kernel.shape[0]
     height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
-    padded = ops.pad(inputs, [[0, 0], [k // 2, (k - 1) // 2], [k // 2, (k - 1) // 2], [0, 0]])
+    padded = ops.pad(inputs, [[0, 0], [(k - 1) // 2, k // 2], [(k - 1) // 2, k // 2], [0, 0]])  # as 'same'
     # Tap order (dy, dx, c) is the row order of the [k, k, C_in, F] kernel reshaped to [k*k*C_in, F].
     taps = ops.concatenate([padded[:, dy:dy + height, dx:dx + width, :] for dy in range(k) for dx in range(k)],
                            axis=-1)

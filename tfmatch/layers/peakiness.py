@@ -202,8 +202,7 @@ class Peakiness(keras.layers.Layer):
         if not training:
             return peakiness_score(features, self.dilation, self.instance_max)
         # TF1 assign_moving_average: m <- m - (1 - decay) (m - x), applied before use.
-        parts = ops.reshape(ops.stop_gradient(features), (groups, -1) + tuple(features.shape[1:]))
-        maxima = ops.cast(ops.max(parts, axis=tuple(range(1, len(parts.shape)))), "float32")
+        maxima = ops.cast(ops.max(ops.reshape(ops.stop_gradient(features), (groups, -1)), axis=1), "float32")
         scale, scales = ops.convert_to_tensor(self.instance_max), []
         for g in range(groups):
             scale = scale - (1.0 - self.decay) * (scale - maxima[g])

@@ -27,7 +27,7 @@ from __future__ import annotations
 import queue
 import threading
 
-__all__ = ["stack_steps", "install"]
+__all__ = ["stack_steps", "install", "close"]
 
 _END = object()
 
@@ -44,10 +44,13 @@ class _Fetcher:
         threading.Thread(target=self._run, name="tfmatch-device-loop-fetch", daemon=True).start()
 
     def _run(self):
+        import jax
+
         item = None
         while not self._stopped.is_set() and item is not _END and not isinstance(item, BaseException):
             try:
-                item = next(self.iterator)
+                # On the device already on GPU (Keras' iterator sends it); on a CPU it is numpy, sent here once.
+                item = jax.tree_util.tree_map(jax.device_put, next(self.iterator))
             except StopIteration:
                 item = _END
             except BaseException as error:  # raised again in the training thread
@@ -82,8 +85,10 @@ def stack_steps(dataset, steps: int):
 def install(model, steps: int) -> None:
     """Replaces the compiled ``model``'s train function (JAX backend) by the loop over stacked elements.
 
-    Call after ``model.compile(steps_per_execution=steps)`` and feed ``fit`` with ``stack_steps(dataset, steps)``;
-    Keras calls the function once per ``steps`` steps and counts steps, logs and callbacks as usual.
+    Call after ``model.compile(steps_per_execution=steps)``, feed ``fit`` with ``stack_steps(dataset, steps)`` (an
+    infinite dataset: Keras counts its elements as batches) and call ``close(model)`` after ``fit``. Keras calls the
+    function once per ``steps`` steps and counts steps, logs and callbacks as usual. The step dispatched ahead at
+    the end of an epoch is not reused (Keras resets the metrics then): one step of work per epoch is thrown away.
     """
     import jax
     import numpy as np
@@ -125,11 +130,25 @@ def install(model, steps: int) -> None:
             logs, state = compiled(state, element, indices[i])
         try:  # fetched and sent by the thread while the device ran the earlier steps
             ahead["element"] = fetcher.get()
-        except StopIteration:
+        except BaseException:  # the end, or a pipeline error: these k steps count; the next call raises it again
             return logs, state
         ahead["returned"] = state
         ahead["first_step"] = compiled(state, ahead["element"], indices[0])
         return logs, state
 
+    def close():
+        """Stops the fetch thread and drops what it holds (call after ``fit``)."""
+        if ahead["fetcher"] is not None:
+            ahead["fetcher"].stop()
+        ahead.update(fetcher=None, element=None, returned=None, first_step=None)
+
     train_function.stats = stats  # calls, and how many started from the step dispatched ahead
+    train_function.close = close
     model.train_function = train_function
+
+
+def close(model) -> None:
+    """After ``fit``: stops the device loop's fetch thread, if ``model`` has one (a no-op otherwise)."""
+    close_loop = getattr(getattr(model, "train_function", None), "close", None)
+    if close_loop is not None:
+        close_loop()

@@ -135,8 +135,11 @@ def train(
     print(f"[tfmatch] training {type(model).__name__} in {model_dir} from step {initial_step} to {max_steps} "
           f"({distribution.name}, {distribution.num_replicas} replica(s), {keras.backend.backend()} backend)",
           flush=True)
-    model.fit(dataset, epochs=max_steps // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-              initial_epoch=initial_step // steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    try:
+        model.fit(dataset, epochs=max_steps // steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                  initial_epoch=initial_step // steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    finally:
+        device_loop_module.close(model)
     stats = getattr(model.train_function, "stats", None)
     if stats:
         print(f"[tfmatch] device loop: {stats['calls']} calls, {stats['first_steps_reused']} started from the step "
@@ -149,7 +152,8 @@ def compile_for_fit(model_fn, optimizer_fn, dataset, distribution, jit, steps_pe
     """Creates the model and optimizer in the distribution's scope, builds every variable from the dataset's first
     batch (before a restore), compiles for ``fit``, and returns ``(model, optimizer, dataset to give fit, that
     batch)``: the same dataset, or k-step elements for the JAX device loop (``runtime/device_loop.py``: one device,
-    ``steps_per_execution`` k > 1, compiled), which then also sets ``model.train_function``."""
+    ``steps_per_execution`` k > 1, compiled, an infinite dataset), which then also sets ``model.train_function``;
+    call ``device_loop.close(model)`` after ``fit``."""
     sample = first_batch_as_numpy(dataset)
     with distribution.scope:
         model = model_fn()
@@ -158,11 +162,17 @@ def compile_for_fit(model_fn, optimizer_fn, dataset, distribution, jit, steps_pe
         optimizer.build(model.trainable_variables)
         model.compile(optimizer=optimizer, jit_compile=jit, steps_per_execution=steps_per_execution)
     if (device_loop and steps_per_execution > 1 and jit and keras.backend.backend() == "jax"
-            and distribution.num_replicas == 1):
+            and distribution.num_replicas == 1 and _is_infinite(dataset)):
         device_loop_module.install(model, steps_per_execution)
         logging.info("device loop: %d steps per compiled call", steps_per_execution)
         dataset = device_loop_module.stack_steps(dataset, steps_per_execution)
     return model, optimizer, dataset, sample
+
+
+def _is_infinite(dataset) -> bool:
+    """Not known to be finite (every training dataset_fn repeats; filters make the size unknown): Keras counts the
+    device loop's stacked elements as batches, which is right only for an endless stream."""
+    return int(dataset.cardinality()) < 0  # tf.data.INFINITE_CARDINALITY (-1) or UNKNOWN_CARDINALITY (-2)
 
 
 def _restore_or_initialise(model, optimizer, model_dir, init_checkpoint, init_exclude) -> int:

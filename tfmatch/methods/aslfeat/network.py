@@ -81,11 +81,11 @@ class BatchNorm(keras.layers.Layer):
         values = ops.cast(inputs, "float32")
         if not training:
             return ops.cast((values - self.moving_mean) / ops.sqrt(self.moving_variance + self.epsilon), inputs.dtype)
-        parts = ops.reshape(values, (groups, -1) + tuple(values.shape[1:]))  # [g, B/g, H, W, C]
+        shape = ops.shape(values)
+        parts = ops.reshape(values, (groups, -1, shape[1], shape[2], shape[3]))  # [g, B/g, H, W, C]
         mean, variance = ops.moments(parts, axes=[1, 2, 3], keepdims=True)  # [g, 1, 1, 1, C]
         if self.update_moving_stats:
-            shape = ops.shape(parts)
-            count = ops.cast(shape[1] * shape[2] * shape[3], variance.dtype)
+            count = ops.cast(ops.size(parts) // groups // shape[3], variance.dtype)  # values per channel and group
             unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
             m = self.momentum
             moving_mean, moving_variance = self.moving_mean, self.moving_variance
