@@ -71,7 +71,7 @@ def train(
     seed: int = 0,
     nan_check_every: int = 10,  # steps between NaN/Inf checks (each waits for the device); 1 = every step
     steps_per_execution: int = 1,  # steps dispatched per call of Keras' train function (see below)
-    device_loop: bool = True,  # JAX, one device: run those steps as one compiled loop (runtime/device_loop.py)
+    device_loop: bool = True,  # JAX, one device: feed those steps in one copy, off the Python thread (device_loop.py)
     match_images: bool = True,  # draw the method's visualization() into TensorBoard every epoch
     verbose="auto",  # auto: progress bar on a terminal, plain log lines otherwise
 ):
@@ -81,8 +81,8 @@ def train(
     for the device), once per k steps instead of after every step, so the device keeps busy while the loop fetches
     the next batches (ASLFeat's recipes use 10: docs/benchmarks.md). It is reduced to divide ``log_every`` and
     ``steps_per_epoch``; NaN checks, log lines and checkpoints then fall on multiples of it. On the JAX backend with
-    one device and ``device_loop``, the k steps also run as one compiled loop over k stacked batches, sent to the
-    device in one copy (``runtime/device_loop.py``): the same steps, with k times fewer host round trips.
+    one device and ``device_loop``, the k steps' batches arrive stacked, in one copy made by a thread of its own, and the
+    next call's first step is dispatched before the callbacks wait (``runtime/device_loop.py``): the same steps.
 
     Returns:
       The trained model (its weights also in ``model_dir/checkpoints``).
