@@ -1,7 +1,8 @@
 """Trains a method: ``python -m tfmatch.train --gin_file F [--gin_file G] [--gin_bindings 'a.b = 1'] --model_dir D``.
 
-Rerunning the same command resumes from the last checkpoint in D. The configuration is parsed before any
-work starts, so a misspelled binding fails at once with the file (or --gin_bindings entry) it came from.
+Rerunning the same command resumes from the last checkpoint in D. Ctrl-C stops at the next step end (exit status
+130); checkpoints are only written at epoch ends, so the rerun starts from the last one. The configuration is parsed
+before any work starts, so a misspelled binding fails at once with the file (or --gin_bindings entry) it came from.
 """
 
 import os
@@ -39,6 +40,10 @@ def main(argv):
         logging.error("%s", err)
         print(f"tfmatch.train: {err}", file=sys.stderr)
         sys.exit(3)
+    except KeyboardInterrupt as err:  # Ctrl-C: stopped at a step end (runtime/callbacks.py: InterruptAtStepEnd)
+        print(f"tfmatch.train: {err or 'interrupted'}; the same command resumes from the last checkpoint",
+              file=sys.stderr)
+        sys.exit(130)
     if gin.query_parameter("train.strategy") == "multi_worker":
         # The collective runtime keeps a finished worker waiting for its peers' servers for many seconds.
         sys.stdout.flush()

@@ -6,7 +6,8 @@ Each variant is a compute dtype, optionally followed by ``:`` and ``+``-joined o
 form of the step, to measure what each change saves: ``autodiff`` differentiates the peakiness score by autodiff
 instead of its hand-written gradient (``tfmatch/layers/peakiness.py``), ``separate`` runs the two towers as two
 calls of the network instead of one call of two groups, ``cudnn0`` runs the image layer (conv0) through cuDNN
-instead of im2col + matmul. Example: ``bfloat16,bfloat16:separate+cudnn0``.
+instead of im2col + matmul, ``bn2pass`` computes batch norm's statistics with ``ops.moments`` (two passes) instead of
+``shifted_moments`` (one). Example: ``bfloat16,bfloat16:separate+cudnn0``.
 
 Runs the model-only training step of ``aslfeat_speed.py`` (batch 2, 480 x 480 synthetic plane pairs on the device)
 ten times under ``jax.profiler.trace`` for each variant (writing the optimised HLO beside OUT_JSON), reads the
@@ -119,7 +120,7 @@ class Patches:
 
     def __init__(self, options):
         self.options = set(filter(None, options.split("+")))
-        unknown = self.options - {"autodiff", "separate", "cudnn0"}
+        unknown = self.options - {"autodiff", "separate", "cudnn0", "bn2pass"}
         if unknown:
             raise ValueError(f"unknown variant options {sorted(unknown)}")
 
@@ -129,7 +130,8 @@ class Patches:
         import tfmatch.layers.peakiness as peakiness
         import tfmatch.methods.aslfeat.network as network
 
-        self.saved = peakiness.peakiness_score, network.ASLFeatNet.call, network.conv2d_as_matmul
+        self.saved = (peakiness.peakiness_score, network.ASLFeatNet.call, network.conv2d_as_matmul,
+                      network.shifted_moments)
         if "autodiff" in self.options:
             peakiness.peakiness_score = lambda f, d, scale=1.0: peakiness.peakiness_score_autodiff(
                 ops.cast(f, "float32") / scale, d)
@@ -145,13 +147,16 @@ class Patches:
             network.ASLFeatNet.call = separate_calls
         if "cudnn0" in self.options:
             network.conv2d_as_matmul = lambda x, kernel: ops.conv(x, ops.cast(kernel, x.dtype), padding="same")
+        if "bn2pass" in self.options:
+            network.shifted_moments = lambda parts: ops.moments(parts, axes=[1, 2, 3], keepdims=True)
         return self
 
     def __exit__(self, *exc):
         import tfmatch.layers.peakiness as peakiness
         import tfmatch.methods.aslfeat.network as network
 
-        peakiness.peakiness_score, network.ASLFeatNet.call, network.conv2d_as_matmul = self.saved
+        (peakiness.peakiness_score, network.ASLFeatNet.call, network.conv2d_as_matmul,
+         network.shifted_moments) = self.saved
         return False
 
 

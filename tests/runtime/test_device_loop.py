@@ -35,10 +35,23 @@ def test_stopped_fetcher_takes_no_more_than_it_holds():
     fetcher = _Fetcher(counting(), depth=2)
     assert fetcher.get() == 0
     fetcher.stop()
+    assert not fetcher.thread.is_alive()  # stop() waits for it: no thread left inside the pipeline at exit
+    assert len(taken) <= 4  # the one returned, two queued, one waiting to be queued
+
+
+def test_stop_waits_for_the_element_being_fetched():
     import time
 
-    time.sleep(0.5)
-    assert len(taken) <= 4  # the one returned, two queued, one waiting to be queued
+    def slow():
+        yield 0
+        time.sleep(0.5)  # the pipeline busy producing the next element when stop() comes
+        yield 1
+
+    fetcher = _Fetcher(slow(), depth=1)
+    assert fetcher.get() == 0
+    time.sleep(0.05)
+    fetcher.stop()
+    assert not fetcher.thread.is_alive()
 
 
 def test_device_loop_takes_endless_and_unknown_sized_pipelines_not_finite_ones():
@@ -50,3 +63,36 @@ def test_device_loop_takes_endless_and_unknown_sized_pipelines_not_finite_ones()
     assert _is_infinite(endless)
     assert _is_infinite(endless.filter(lambda x: x % 2 == 0))  # unknown size, as GL3D's pipeline after its filters
     assert not _is_infinite(tf.data.Dataset.range(10).batch(2))
+
+
+def test_ctrl_c_while_waiting_for_the_next_element_stops_training():
+    """A KeyboardInterrupt that arrives while the train function waits for the next element propagates (it was
+    once caught with the pipeline's errors, so that Ctrl-C left `tfmatch.train` running)."""
+    import signal
+    import threading
+    import time
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from tfmatch.runtime import device_loop
+
+    class Model:
+        def train_step(self, state, batch):
+            return {"loss": jnp.sum(batch)}, state + 1
+
+    def elements():
+        yield np.ones((2, 3), np.float32)
+        time.sleep(2.0)  # the pipeline is slow to produce the next element: the main thread waits for it
+        yield np.ones((2, 3), np.float32)
+
+    model = Model()
+    device_loop.install(model, steps=2)
+    timer = threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.train_function(jnp.zeros(()), elements())
+    finally:
+        timer.cancel()
+        device_loop.close(model)

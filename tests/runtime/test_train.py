@@ -141,3 +141,30 @@ def test_jax_device_loop_equals_keras_steps(tmp_path, repo_root, subprocess_env)
                                                "train.nan_check_every = 1"), jax_env, repo_root, check=False)
     assert proc.returncode == 3 and "at step 15" in proc.stderr
     assert sorted(os.listdir(nan_dir / "checkpoints")) == ["ckpt-00000010.h5"]
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_ctrl_c_stops_at_a_step_end_and_keeps_the_epoch_checkpoints(tmp_path, repo_root, subprocess_env, backend):
+    """SIGINT during training: exit status 130 with the step and the checkpoint to resume from, and no checkpoint
+    written mid-epoch. (On JAX the interrupt was once lost inside the wait for the device, and training went on.)"""
+    import signal
+    import subprocess
+    import sys
+
+    model_dir = tmp_path / "run"
+    args = train_args(model_dir, "train.max_steps = 100000", "train.steps_per_epoch = 10", "train.log_every = 5")
+    proc = subprocess.Popen([sys.executable, "-m", "tfmatch.train", *args], cwd=repo_root,
+                            env=dict(subprocess_env, KERAS_BACKEND=backend), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # training has run past the first epoch's checkpoint
+            if line.startswith("step 15/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    stopped = int(re.search(r"interrupted at step (\d+); last checkpoint \S+ckpt-(\d+)\.h5", stderr).group(1))
+    saved = sorted(int(name[5:13]) for name in os.listdir(model_dir / "checkpoints"))
+    assert saved and all(step % 10 == 0 for step in saved) and saved[-1] <= stopped < 100000

@@ -96,17 +96,15 @@ def _peakiness_terms(features, padded, d):
     return local, channel, ops.softplus(local), ops.softplus(channel)
 
 
-def _terms_gradient(upstream, local, channel):
-    """Gradients w.r.t. ``features`` (through the channel term and the local term) and w.r.t. the local term
-    ``a = y - mean3x3(y)`` of ``max_c softplus(a) * softplus(b)``. The arg-max channel of each pixel takes the
-    upstream gradient; ties share it equally, as the gradient of a max reduction does."""
-    alpha, beta = ops.softplus(local), ops.softplus(channel)
-    product = alpha * beta
-    hit = ops.cast(ops.equal(product, ops.max(product, axis=-1, keepdims=True)), product.dtype)
-    g_product = ops.expand_dims(upstream, -1) * hit / ops.sum(hit, axis=-1, keepdims=True)
-    g_local = g_product * beta * ops.sigmoid(local)
-    g_channel = g_product * alpha * ops.sigmoid(channel)
-    return g_local + g_channel - ops.mean(g_channel, axis=-1, keepdims=True), g_local
+def _winner_gradients(upstream, local, channel, winner):
+    """Gradients of ``max_c softplus(a) * softplus(b)`` at the arg-max channel ``winner`` of each pixel, as [B, h, w]
+    maps: (d/da, d/db) of the winning product times ``upstream``. The gradient of a channel maximum reaches one
+    channel per pixel; carrying it as (index, value) maps instead of full-size maps keeps the backward pass's
+    intermediates at 1/C of the level's size (docs/benchmarks.md, session 8)."""
+    one_hot = ops.one_hot(winner, local.shape[-1], dtype=local.dtype)
+    g_local = upstream * ops.sum(one_hot * ops.softplus(channel) * ops.sigmoid(local), axis=-1)
+    g_channel = upstream * ops.sum(one_hot * ops.softplus(local) * ops.sigmoid(channel), axis=-1)
+    return one_hot, g_local, g_channel
 
 
 def _local_and_channel_terms(features, scale, d):
@@ -121,26 +119,35 @@ def _score_function(d):
 
     Autodiff of the score keeps the scaled map, its neighbourhood mean, the softplus terms and their derivatives as
     full-size float32 maps for the backward pass; at 480 x 480 these passes were most of ASLFeat's detector time on
-    GPU (docs/benchmarks.md, kernel profiles). Here the backward pass keeps only the layer's input (which the
-    network keeps anyway: the batch norm after the tap needs it) and the scale, recomputes the terms, sends the
-    gradient to the arg-max channel of alpha * beta at each pixel, and takes the neighbourhood mean's gradient
-    through its transpose, written out (``_dilated_average_pool_transpose``).
+    GPU (docs/benchmarks.md, kernel profiles). Here the forward pass also keeps the arg-max channel of each pixel
+    (an index map), and the backward pass:
+
+    - recomputes the terms inside two reductions over the channels, which give the derivatives of the winning
+      product as [B, h, w] maps (``_winner_gradients``);
+    - builds the gradient of the level from those small maps alone: the winning channel's local and channel terms,
+      the channel mean's share of the latter, and the neighbourhood mean's share of the former through the mean's
+      transpose, written out (``_dilated_average_pool_transpose``) and fed by the one-hot maps.
+
+    No full-size float32 map is written in either pass. Where channels tie for the maximum, the first one (as the
+    backend's arg-max picks it) takes the whole gradient: a subgradient of the max, like autodiff's equal shares.
     """
 
     @ops.custom_gradient
     def score(features, scale):
         _, local, channel = _local_and_channel_terms(features, scale, d)
-        out = ops.max(ops.softplus(local) * ops.softplus(channel), axis=-1)
+        product = ops.softplus(local) * ops.softplus(channel)
+        out, winner = ops.max(product, axis=-1), ops.argmax(product, axis=-1)
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            # XLA merges this recomputation with the forward pass where it pays (common subexpressions): forcing a
-            # full recomputation, with the scale made to depend on the cotangent, was slower on an H200 (bfloat16
-            # step 4.04 -> 4.58 ms, docs/benchmarks.md).
             x, local, channel = _local_and_channel_terms(features, scale, d)
-            g_x, g_local = _terms_gradient(upstream, local, channel)
-            g_x = g_x - _dilated_average_pool_transpose(g_local, d)
-            # d(x)/d(scale) = -x / scale: per sample ([B, 1, 1, 1] scale), or summed (scalar scale).
+            one_hot, g_local, g_channel = _winner_gradients(upstream, local, channel, winner)
+            g_local_map = one_hot * ops.expand_dims(g_local, -1)  # elementwise from small maps: XLA fuses it in
+            g_channel_map = one_hot * ops.expand_dims(g_channel, -1)
+            g_x = (g_local_map + g_channel_map - ops.expand_dims(g_channel, -1) / local.shape[-1]
+                   - _dilated_average_pool_transpose(g_local_map, d))
+            # d(x)/d(scale) = -x / scale: per sample ([B, 1, 1, 1] scale), or summed (scalar scale). Training never
+            # asks for it (the running maximum is not trained), so XLA drops it there.
             g_scale = -ops.sum(g_x * x, axis=tuple(range(1, len(x.shape))), keepdims=True) / scale
             if len(scale.shape) == 0:
                 g_scale = ops.sum(g_scale)

