@@ -41,8 +41,7 @@ def main(argv):
         print(f"tfmatch.train: {err}", file=sys.stderr)
         sys.exit(3)
     except KeyboardInterrupt as err:  # Ctrl-C: stopped at a step end (runtime/callbacks.py: InterruptAtStepEnd)
-        print(f"tfmatch.train: {err or 'interrupted'}; the same command resumes from the last checkpoint",
-              file=sys.stderr)
+        print(f"tfmatch.train: {err or 'interrupted'}", file=sys.stderr)
         sys.exit(130)
     if gin.query_parameter("train.strategy") == "multi_worker":
         # The collective runtime keeps a finished worker waiting for its peers' servers for many seconds.

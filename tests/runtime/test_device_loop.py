@@ -88,6 +88,7 @@ def test_ctrl_c_while_waiting_for_the_next_element_stops_training():
 
     model = Model()
     device_loop.install(model, steps=2)
+    model.train_function(jnp.zeros(()), iter([np.ones((2, 3), np.float32)]))  # compiled now, not under the timer
     timer = threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     try:

@@ -143,19 +143,24 @@ def test_jax_device_loop_equals_keras_steps(tmp_path, repo_root, subprocess_env)
     assert sorted(os.listdir(nan_dir / "checkpoints")) == ["ckpt-00000010.h5"]
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_ctrl_c_stops_at_a_step_end_and_keeps_the_epoch_checkpoints(tmp_path, repo_root, subprocess_env, backend):
+@pytest.mark.parametrize("backend,steps_per_execution", [("tensorflow", 1), ("jax", 5)])  # jax: the device loop
+def test_ctrl_c_stops_at_a_step_end_and_keeps_the_epoch_checkpoints(tmp_path, repo_root, subprocess_env, backend,
+                                                                    steps_per_execution):
     """SIGINT during training: exit status 130 with the step and the checkpoint to resume from, and no checkpoint
     written mid-epoch. (On JAX the interrupt was once lost inside the wait for the device, and training went on.)"""
     import signal
     import subprocess
     import sys
+    import threading
 
     model_dir = tmp_path / "run"
-    args = train_args(model_dir, "train.max_steps = 100000", "train.steps_per_epoch = 10", "train.log_every = 5")
+    args = train_args(model_dir, "train.max_steps = 100000", "train.steps_per_epoch = 10", "train.log_every = 5",
+                      f"train.steps_per_execution = {steps_per_execution}")
     proc = subprocess.Popen([sys.executable, "-m", "tfmatch.train", *args], cwd=repo_root,
                             env=dict(subprocess_env, KERAS_BACKEND=backend), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(200, proc.kill)  # a run that never logs step 15 ends here, and the test fails
+    watchdog.start()
     try:
         for line in proc.stdout:  # training has run past the first epoch's checkpoint
             if line.startswith("step 15/"):
@@ -163,8 +168,34 @@ def test_ctrl_c_stops_at_a_step_end_and_keeps_the_epoch_checkpoints(tmp_path, re
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
+        watchdog.cancel()
         proc.kill()
     assert proc.returncode == 130, stderr[-3000:]
-    stopped = int(re.search(r"interrupted at step (\d+); last checkpoint \S+ckpt-(\d+)\.h5", stderr).group(1))
+    message = re.search(r"interrupted at step (\d+); the same command resumes from \S+ckpt-(\d+)\.h5", stderr)
+    stopped, resume_from = int(message.group(1)), int(message.group(2))
     saved = sorted(int(name[5:13]) for name in os.listdir(model_dir / "checkpoints"))
-    assert saved and all(step % 10 == 0 for step in saved) and saved[-1] <= stopped < 100000
+    assert saved[-1] == resume_from and all(step % 10 == 0 for step in saved)
+    assert 15 <= stopped < 100000 and stopped % steps_per_execution == 0 and stopped - resume_from < 10
+
+
+def test_ctrl_c_in_an_epochs_last_step_stops_after_its_checkpoint():
+    import keras
+
+    from tfmatch.runtime.callbacks import InterruptAtStepEnd, StepCounter
+
+    counter = StepCounter(0)
+    interrupt = InterruptAtStepEnd(counter)
+    interrupt.set_params({"steps": 10})
+    counter.on_epoch_begin(0)
+    for batch in (4, 9):
+        counter.on_train_batch_end(batch)
+        interrupt.requested = batch == 9  # Ctrl-C during the epoch's last call
+        interrupt.on_train_batch_end(batch)  # no stop yet: the epoch's checkpoint comes first
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 10"):
+        interrupt.on_epoch_end(0)
+    interrupt.requested = True
+    counter.on_epoch_begin(1)
+    counter.on_train_batch_end(4)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 15"):
+        interrupt.on_train_batch_end(4)
+    assert isinstance(interrupt, keras.callbacks.Callback)

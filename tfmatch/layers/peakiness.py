@@ -101,7 +101,7 @@ def _winner_gradients(upstream, local, channel, winner):
     maps: (d/da, d/db) of the winning product times ``upstream``. The gradient of a channel maximum reaches one
     channel per pixel; carrying it as (index, value) maps instead of full-size maps keeps the backward pass's
     intermediates at 1/C of the level's size (docs/benchmarks.md, session 8)."""
-    one_hot = ops.one_hot(winner, local.shape[-1], dtype=local.dtype)
+    one_hot = ops.one_hot(winner, ops.shape(local)[-1], dtype=local.dtype)  # C may be unknown (a traced graph)
     g_local = upstream * ops.sum(one_hot * ops.softplus(channel) * ops.sigmoid(local), axis=-1)
     g_channel = upstream * ops.sum(one_hot * ops.softplus(local) * ops.sigmoid(channel), axis=-1)
     return one_hot, g_local, g_channel
@@ -128,8 +128,9 @@ def _score_function(d):
       the channel mean's share of the latter, and the neighbourhood mean's share of the former through the mean's
       transpose, written out (``_dilated_average_pool_transpose``) and fed by the one-hot maps.
 
-    No full-size float32 map is written in either pass. Where channels tie for the maximum, the first one (as the
-    backend's arg-max picks it) takes the whole gradient: a subgradient of the max, like autodiff's equal shares.
+    The gradient's intermediates are [B, h, w] maps, not full-size float32 ones (XLA may still keep one float32
+    map of the forward pass for the reductions). Where channels tie for the maximum, the one the backend's arg-max
+    picks takes the whole gradient: a subgradient of the max, as autodiff's equal shares are.
     """
 
     @ops.custom_gradient
@@ -144,7 +145,8 @@ def _score_function(d):
             one_hot, g_local, g_channel = _winner_gradients(upstream, local, channel, winner)
             g_local_map = one_hot * ops.expand_dims(g_local, -1)  # elementwise from small maps: XLA fuses it in
             g_channel_map = one_hot * ops.expand_dims(g_channel, -1)
-            g_x = (g_local_map + g_channel_map - ops.expand_dims(g_channel, -1) / local.shape[-1]
+            channels = ops.cast(ops.shape(local)[-1], g_channel.dtype)
+            g_x = (g_local_map + g_channel_map - ops.expand_dims(g_channel, -1) / channels
                    - _dilated_average_pool_transpose(g_local_map, d))
             # d(x)/d(scale) = -x / scale: per sample ([B, 1, 1, 1] scale), or summed (scalar scale). Training never
             # asks for it (the running maximum is not trained), so XLA drops it there.

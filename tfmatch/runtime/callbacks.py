@@ -90,8 +90,9 @@ class InterruptAtStepEnd(keras.callbacks.Callback):
     Python raises the interrupt wherever the main thread is. When that is inside JAX, waiting for the device while
     Keras reads the logs, the interrupt was lost and training went on (Keras 3.15, JAX 0.11: ``tfmatch.train``
     kept running after SIGINT). So the handler only records the signal, and the callback raises it at the next
-    batch end; the last checkpoint (an epoch end) stays the one a rerun resumes from. A second Ctrl-C raises at
-    once. Use as a context manager around ``fit`` (it puts the previous handler back, also after an error).
+    batch end, or at the epoch's end when that batch is its last, after the checkpoint of that epoch is written
+    (list this callback after ``PeriodicCheckpoint`` and ``StepCounter``). A second Ctrl-C raises at once. Use as
+    a context manager around ``fit`` (it puts the previous handler back, also after an error).
     """
 
     def __init__(self, counter: StepCounter):
@@ -116,9 +117,16 @@ class InterruptAtStepEnd(keras.callbacks.Callback):
         self.requested = True
         signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C interrupts at once
 
+    def _stop(self):
+        raise KeyboardInterrupt(f"interrupted at step {self.counter.step}")
+
     def on_train_batch_end(self, batch, logs=None):
+        if self.requested and int(batch) + 1 < self.params.get("steps", float("inf")):
+            self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
         if self.requested:
-            raise KeyboardInterrupt(f"interrupted at step {self.counter.step}")
+            self._stop()
 
 
 class TrainingLog(keras.callbacks.Callback):

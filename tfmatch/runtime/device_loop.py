@@ -27,6 +27,8 @@ from __future__ import annotations
 import queue
 import threading
 
+from absl import logging
+
 __all__ = ["stack_steps", "install", "close"]
 
 _END = object()
@@ -80,6 +82,9 @@ class _Fetcher:
         rethrown" after ``tfmatch.benchmark`` had printed its result)."""
         self._stopped.set()
         self.thread.join(timeout)
+        if self.thread.is_alive():
+            logging.warning("device loop: the input pipeline did not return an element within %.0f s of the stop; "
+                            "its fetch thread is left running", timeout)
 
 
 def stack_steps(dataset, steps: int):

@@ -136,13 +136,15 @@ def train(
           f"({distribution.name}, {distribution.num_replicas} replica(s), {keras.backend.backend()} backend)",
           flush=True)
     try:
-        with cb.InterruptAtStepEnd(counter) as interrupt:
+        with cb.InterruptAtStepEnd(counter) as interrupt:  # last: after the step count and the epoch's checkpoint
             model.fit(dataset, epochs=max_steps // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                      initial_epoch=initial_step // steps_per_epoch, callbacks=[interrupt] + callbacks,
+                      initial_epoch=initial_step // steps_per_epoch, callbacks=callbacks + [interrupt],
                       verbose=verbose)
     except KeyboardInterrupt as interrupted:
-        raise KeyboardInterrupt(f"{interrupted or 'interrupted'}; last checkpoint "
-                                f"{checkpoints.latest_checkpoint(model_dir)}") from None
+        latest = checkpoints.latest_checkpoint(model_dir)
+        resume = (f"the same command resumes from {latest}" if latest else
+                  f"no checkpoint was written yet: the same command starts again from step {initial_step}")
+        raise KeyboardInterrupt(f"{interrupted or 'interrupted'}; {resume}") from None
     finally:
         device_loop_module.close(model)
     stats = getattr(model.train_function, "stats", None)

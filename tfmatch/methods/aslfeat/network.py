@@ -51,14 +51,15 @@ def standardize(images, epsilon=1e-5):
 def shifted_moments(parts):
     """Per-group, per-channel mean and (biased) variance of ``parts`` [g, n, H, W, C] over (n, H, W), in one pass.
 
-    Sums of ``x - s`` and ``(x - s)^2`` about a shift ``s`` taken from the data (each group's first pixel, without
-    gradient): one read of the map, where ``ops.moments`` reads it twice (the mean, then the squares about it); the
-    shift keeps ``E[(x - s)^2] - E[x - s]^2`` accurate also when the mean is far larger than the spread.
+    Sums of ``x - s`` and ``(x - s)^2`` about a shift ``s`` taken from the data (the mean of each group's first
+    image row, without gradient): one read of the map, where ``ops.moments`` reads it twice (the mean, then the
+    squares about it). ``E[(x - s)^2] - E[x - s]^2`` loses precision as ``(s - mean)^2 / variance`` grows; a row of
+    the map itself keeps that ratio small also when the mean is far larger than the spread.
 
     Shape:
         parts: [g, n, H, W, C] float32 -> (mean, variance), each [g, 1, 1, 1, C]
     """
-    shift = ops.stop_gradient(parts[:, :1, :1, :1, :])
+    shift = ops.stop_gradient(ops.mean(parts[:, :1, :1], axis=3, keepdims=True))
     centred = parts - shift
     mean_centred = ops.mean(centred, axis=(1, 2, 3), keepdims=True)
     variance = ops.maximum(ops.mean(ops.square(centred), axis=(1, 2, 3), keepdims=True) - ops.square(mean_centred),
