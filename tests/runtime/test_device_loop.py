@@ -97,3 +97,30 @@ def test_ctrl_c_while_waiting_for_the_next_element_stops_training():
     finally:
         timer.cancel()
         device_loop.close(model)
+
+
+@pytest.mark.parametrize("steps_ahead", [1, 2, 3])
+def test_steps_dispatched_ahead_are_used_only_for_the_state_they_started_from(steps_ahead):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from tfmatch.runtime import device_loop
+
+    class Model:  # the state counts the steps; the loss reads the batch and the state
+        def train_step(self, state, batch):
+            return {"loss": jnp.sum(batch) + state}, state + 1
+
+    elements = [np.full((3, 2), float(i), np.float32) for i in range(4)]  # 4 calls of 3 steps
+    model = Model()
+    device_loop.install(model, steps=3, steps_ahead=steps_ahead)
+    iterator = iter(elements)
+    logs, state = model.train_function(jnp.zeros(()), iterator)
+    assert float(state) == 3 and float(logs["loss"]) == 0 * 2 + 2
+    logs, state = model.train_function(state, iterator)  # the state returned: continues the steps dispatched ahead
+    assert float(state) == 6 and float(logs["loss"]) == 1 * 2 + 5
+    logs, state = model.train_function(jnp.asarray(100.0), iterator)  # a state a callback replaced: run again
+    assert float(state) == 103 and float(logs["loss"]) == 2 * 2 + 102
+    logs, state = model.train_function(state, iterator)
+    assert float(state) == 106 and float(logs["loss"]) == 3 * 2 + 105
+    assert model.train_function.stats == {"calls": 4, "calls_started_ahead": 2}
+    device_loop.close(model)

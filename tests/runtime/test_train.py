@@ -124,8 +124,8 @@ def test_jax_device_loop_equals_keras_steps(tmp_path, repo_root, subprocess_env)
         proc = run_cli("tfmatch.train", train_args(model_dir, "train.steps_per_execution = 5",
                                                    f"train.device_loop = {device_loop}"), jax_env, repo_root)
         assert ("device loop: 5 steps per compiled call" in proc.stderr) == device_loop
-        if device_loop:  # 4 calls; within each epoch the second starts from the step dispatched ahead
-            reused = re.search(r"device loop: 4 calls, (\d) started from the step dispatched ahead", proc.stdout)
+        if device_loop:  # 4 calls; within each epoch the second starts from the steps dispatched ahead
+            reused = re.search(r"device loop: 4 calls, (\d) started from steps dispatched ahead", proc.stdout)
             assert reused and int(reused.group(1)) >= 2, proc.stdout[-2000:]
         runs[device_loop] = (logged_losses(proc.stdout), model_dir / "checkpoints" / "ckpt-00000020.h5")
     assert sorted(runs[True][0]) == [5, 10, 15, 20]

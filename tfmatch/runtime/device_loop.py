@@ -13,10 +13,10 @@ and the rest 1.4; docs/benchmarks.md): the device waited for the host. Here:
   last step, as Keras' k calls give;
 * a thread of its own takes the elements from Keras' iterator (which sends them to the device), two ahead, so the
   Python thread that dispatches the steps never waits for the input pipeline;
-* after dispatching the k steps the function dispatches the first step of the next call on the next element, so
-  the device has work while the callbacks wait for the logs and the loop comes back. That step is used only if the
-  next call receives exactly the state this call returned (no callback replaced it); otherwise it is recomputed
-  from the state received.
+* after dispatching its k steps the function dispatches the next call's steps on the next element (all k by
+  default), so the device has work while the callbacks wait for the logs, run, and the loop comes back. They are
+  used only if the next call receives exactly the state this call returned (no callback replaced it); otherwise
+  they are run again from the state received.
 
 One ``jax.jit`` of a single step (a ``lax.scan`` over the k steps compiled to a loop that ran 13 times slower on a
 CPU). Only for one device: under ``keras.distribution`` (several GPUs) Keras' own loop shards each batch.
@@ -92,29 +92,40 @@ def stack_steps(dataset, steps: int):
     return dataset.batch(steps, drop_remainder=True)
 
 
-def install(model, steps: int) -> None:
+def install(model, steps: int, steps_ahead: int | None = None) -> None:
     """Replaces the compiled ``model``'s train function (JAX backend) by the loop over stacked elements.
 
     Call after ``model.compile(steps_per_execution=steps)``, feed ``fit`` with ``stack_steps(dataset, steps)`` (an
     infinite dataset: Keras counts its elements as batches) and call ``close(model)`` after ``fit``. Keras calls the
-    function once per ``steps`` steps and counts steps, logs and callbacks as usual. The step dispatched ahead at
-    the end of an epoch is not reused (Keras resets the metrics then): one step of work per epoch is thrown away.
+    function once per ``steps`` steps and counts steps, logs and callbacks as usual.
+
+    ``steps_ahead`` (default: ``steps``, the whole next call): how many of the next call's steps each call dispatches
+    before it returns. They are used only if the next call receives exactly the state this call returned; otherwise
+    (an epoch's end, where Keras resets the metrics, or a callback that changed the state) they are thrown away and
+    run again from the state received, on the same element (no data is skipped).
     """
     import jax
     import numpy as np
+
+    steps_ahead = steps if steps_ahead is None else max(1, min(int(steps_ahead), steps))
 
     def step_at(state, stacked, index):
         batch = jax.tree_util.tree_map(lambda v: jax.lax.dynamic_index_in_dim(v, index, keepdims=False), stacked)
         return model.train_step(state, batch)
 
-    compiled = jax.jit(step_at)  # no donation: the state the next call's first step starts from stays valid
+    compiled = jax.jit(step_at)  # no donation: the state the steps dispatched ahead start from stays valid
     indices = []
-    ahead = {"fetcher": None, "element": None, "returned": None, "first_step": None}
-    stats = {"calls": 0, "first_steps_reused": 0}
+    ahead = {"fetcher": None, "element": None, "returned": None, "dispatched": None}
+    stats = {"calls": 0, "calls_started_ahead": 0}
 
     def same_state(state, returned):
         leaves, previous = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(returned)
         return len(leaves) == len(previous) and all(a is b for a, b in zip(leaves, previous))
+
+    def run(state, element, start, stop, logs=None):
+        for i in range(start, stop):
+            logs, state = compiled(state, element, indices[i])
+        return logs, state
 
     def train_function(state, iterator):
         if not indices:
@@ -124,35 +135,36 @@ def install(model, steps: int) -> None:
             if fetcher is not None:
                 fetcher.stop()
             fetcher = _Fetcher(iterator)
-            ahead.update(fetcher=fetcher, element=None, returned=None, first_step=None)
-        first = 0
+            ahead.update(fetcher=fetcher, element=None, returned=None, dispatched=None)
+        first, logs = 0, None
         if ahead["element"] is not None:
             element = ahead["element"]
-            if ahead["first_step"] is not None and same_state(state, ahead["returned"]):
-                logs, state = ahead["first_step"]
-                first = 1
-                stats["first_steps_reused"] += 1
+            if ahead["dispatched"] is not None and same_state(state, ahead["returned"]):
+                logs, state = ahead["dispatched"]
+                first = steps_ahead
+                stats["calls_started_ahead"] += 1
         else:
             element = fetcher.get()  # StopIteration ends the epoch, as in Keras' own function
-        ahead.update(element=None, returned=None, first_step=None)
+        ahead.update(element=None, returned=None, dispatched=None)
         stats["calls"] += 1
-        for i in range(first, steps):
-            logs, state = compiled(state, element, indices[i])
+        logs, state = run(state, element, first, steps, logs)
         try:  # fetched and sent by the thread while the device ran the earlier steps
             ahead["element"] = fetcher.get()
         except Exception:  # the end, or a pipeline error: these k steps count; the next call raises it again
             return logs, state  # (Ctrl-C, a KeyboardInterrupt while waiting here, is not caught: it stops fit)
+        # The device works through these while the callbacks wait for this call's logs and run: without them it
+        # idled there (0.4-0.5 ms per step of ASLFeat's 3.9 ms on an H200 with one step ahead, docs/benchmarks.md).
         ahead["returned"] = state
-        ahead["first_step"] = compiled(state, ahead["element"], indices[0])
+        ahead["dispatched"] = run(state, ahead["element"], 0, steps_ahead)
         return logs, state
 
     def close():
         """Stops the fetch thread and drops what it holds (call after ``fit``)."""
         if ahead["fetcher"] is not None:
             ahead["fetcher"].stop()
-        ahead.update(fetcher=None, element=None, returned=None, first_step=None)
+        ahead.update(fetcher=None, element=None, returned=None, dispatched=None)
 
-    train_function.stats = stats  # calls, and how many started from the step dispatched ahead
+    train_function.stats = stats  # calls, and how many started from steps dispatched ahead
     train_function.close = close
     model.train_function = train_function
 

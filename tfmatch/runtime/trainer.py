@@ -82,7 +82,7 @@ def train(
     the next batches (ASLFeat's recipes use 10: docs/benchmarks.md). It is reduced to divide ``log_every`` and
     ``steps_per_epoch``; NaN checks, log lines and checkpoints then fall on multiples of it. On the JAX backend with
     one device and ``device_loop``, the k steps' batches arrive stacked, in one copy made by a thread of its own, and the
-    next call's first step is dispatched before the callbacks wait (``runtime/device_loop.py``): the same steps.
+    next call's steps are dispatched before the callbacks wait (``runtime/device_loop.py``): the same steps.
 
     Returns:
       The trained model (its weights also in ``model_dir/checkpoints``).
@@ -149,7 +149,7 @@ def train(
         device_loop_module.close(model)
     stats = getattr(model.train_function, "stats", None)
     if stats:
-        print(f"[tfmatch] device loop: {stats['calls']} calls, {stats['first_steps_reused']} started from the step "
+        print(f"[tfmatch] device loop: {stats['calls']} calls, {stats['calls_started_ahead']} started from steps "
               "dispatched ahead", flush=True)
     print(f"[tfmatch] done at step {counter.step}; checkpoint {checkpoints.latest_checkpoint(model_dir)}", flush=True)
     return model
